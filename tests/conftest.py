@@ -12,7 +12,7 @@ from mask_fastai.sample import sample_data
 @pytest.fixture(scope='session')
 def sample():
     "A small drawn dataset in the competition layout, shared read-only by the tests"
-    return sample_data(n_people=36, n_eval=6)
+    return sample_data(n_people=36)   # what the CLI builds for --sample-people 36
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_dot_files_are_ignored(sample_copy):
 def test_eval_missing_image(sample_copy):
     gone = sorted((sample_copy/'eval'/'images').iterdir())[4]; gone.unlink()
     with pytest.raises(DataError, match=f'{gone}: listed in .*info.csv but missing'): read_eval(sample_copy)
-    with pytest.warns(UserWarning): assert len(read_eval(sample_copy, on_error='skip')) == 6*7-1
+    with pytest.warns(UserWarning): assert len(read_eval(sample_copy, on_error='skip')) == 40*7-1
 
 
 def test_dataset_path_that_does_not_exist(tmp_path):
