@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'load_config', 'resolve_config', 'new_run_dir', 'same_class_perm', 'HalfMix',
-           'RunLogger', 'Checkpoint', 'run_frame', 'run_dls', 'run_learner', 'train_cbs', 'fit_recipe', 'model_card',
-           'prob_frame', 'prob_matrix', 'eval_frame', 'eval_answers', 'predict_frame', 'save_run', 'score_probs',
-           'train_fold', 'merge_folds', 'train', 'summary_line', 'main']
+           'RunLogger', 'Checkpoint', 'EvalCurve', 'run_frame', 'run_dls', 'run_learner', 'train_cbs', 'phase_fit_args',
+           'fit_recipe', 'model_card', 'prob_frame', 'prob_matrix', 'eval_frame', 'eval_answers', 'predict_frame',
+           'save_run', 'score_probs', 'train_fold', 'merge_folds', 'train', 'summary_line', 'main']
 
-# %% ../nbs/04_train.ipynb #6f567a11
+# %% ../nbs/04_train.ipynb #1f2228f3
 import json, os, random, sys, time, shutil
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -23,20 +23,20 @@ from .data import *
 from .losses import *
 from .models import *
 
-# %% ../nbs/04_train.ipynb #95af3fef
+# %% ../nbs/04_train.ipynb #33431a57
 TRAIN_DEFAULTS = dict(
     data=None, out='runs', name=None,                          # dataset (None: the embedded sample), where runs go, run name
     arch='tf_efficientnet_lite0', pretrained=True, weights=None, hub=False,
     multitask=False, task_weights=[1., 1., 1.], lin_ftrs=None, ps=0.5, xavier=False,
-    size=[128, 96], method='squish', cache=True, bs=32, num_workers=None,
-    epochs=5, freeze_epochs=1, lr=2e-3, lr_mult=100., wd=0.01, opt='adamw',
+    size=[96, 72], method='squish', cache=True, bs=32, num_workers=None,
+    epochs=4, freeze_epochs=1, lr=2e-3, lr_mult=100., wd=0.01, opt='adamw',
     loss='ce', smoothing=0., gamma=2., class_weighted=False,
     mixup=0., cutmix=0., halfmix=0., oversample=None, accum=1,
-    n_folds=5, fold=0, folds=None, seed=42, age_cuts=[30, 60], fixes=True,
-    early_stop=0, lr_find=False, tta=False, channels_last=True,
+    n_folds=5, fold=0, folds=None, fold_seed=42, seed=42, age_cuts=[30, 60], fixes=True,
+    early_stop=0, lr_find=False, tta=False, channels_last=True, eval_curve=False,
     wandb=False, wandb_project='mask_fastai', sample_people=120)
 
-# %% ../nbs/04_train.ipynb #cf12c259
+# %% ../nbs/04_train.ipynb #1b822e4a
 def load_config(fn) -> dict:
     "Settings from a YAML or JSON file, checked against `TRAIN_DEFAULTS`"
     fn = Path(fn)
@@ -68,7 +68,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
 
 OPTIMIZERS = dict(adamw=Adam, adam=partial(Adam, decouple_wd=False), sgd=partial(SGD, mom=0.9))
 
-# %% ../nbs/04_train.ipynb #b76fb825
+# %% ../nbs/04_train.ipynb #52d42500
 def new_run_dir(out, name:str) -> Path:
     "A new, empty folder `out/<time>-<name>[-n]` that no other run has"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def new_run_dir(out, name:str) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f'no free run folder name under {out}')
 
-# %% ../nbs/04_train.ipynb #6f8c3416
+# %% ../nbs/04_train.ipynb #7a0a55a9
 def same_class_perm(y):
     "A permutation of batch positions that maps each item to an item with the same label"
     perm = torch.arange(len(y), device=y.device)
@@ -99,7 +99,7 @@ class HalfMix(Callback):
         x[..., w:] = x[perm, ..., w:]
         self.learn.xb = (x, *self.xb[1:])
 
-# %% ../nbs/04_train.ipynb #3263e490
+# %% ../nbs/04_train.ipynb #f787dd1f
 class RunLogger(CSVLogger):
     "A `CSVLogger` that appends to an existing table without a second header, numbering epochs from `offset`"
     def __init__(self, fname='history.csv', append=False, offset:int=0):
@@ -123,7 +123,21 @@ class Checkpoint(Callback):
         state = dict(phase=self.phase, epoch=self.epoch + self.offset, best=None if best is None or np.isinf(best) else float(best))
         tmp = self.run_dir/'state.json.tmp'; tmp.write_text(json.dumps(state)); os.replace(tmp, self.run_dir/'state.json')
 
-# %% ../nbs/04_train.ipynb #12231282
+# %% ../nbs/04_train.ipynb #a826e318
+class EvalCurve(Callback):
+    "After each epoch, score the eval photos in `dl` against `labels` and append to `eval_curve.csv`"
+    order = Recorder.order + 1
+    def __init__(self, run_dir, phase:str, dl, labels, offset:int=0, minutes:float=0.):
+        self.fn, self.phase, self.dl, self.labels, self.offset, self.minutes = Path(run_dir)/'eval_curve.csv', phase, dl, labels, offset, minutes
+    def before_epoch(self): self.t0 = time.time()
+    def after_epoch(self):
+        self.minutes += (time.time() - self.t0)/60
+        self.model.eval()
+        with torch.no_grad(): probs = torch.cat([self.loss_func.activation(self.model(b[0])).float().cpu() for b in self.dl])
+        row = dict(phase=self.phase, epoch=self.epoch + self.offset, train_minutes=round(self.minutes, 3), **mask_scores(probs, self.labels))
+        pd.DataFrame([row]).to_csv(self.fn, mode='a', header=not self.fn.exists(), index=False)
+
+# %% ../nbs/04_train.ipynb #0419c61a
 @patch
 def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=25., div_final=1e5, pct_start=0.25, moms=None, cbs=None):
     "`fit_one_cycle` over `n_epoch` epochs, starting at epoch `start` of that schedule"
@@ -136,7 +150,7 @@ def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=
     tail = {k: (lambda f: lambda pos: f(a + pos*(1-a)))(f) for k, f in scheds.items()}
     self.fit(n_epoch - start, cbs=ParamScheduler(tail) + L(cbs))
 
-# %% ../nbs/04_train.ipynb #55176c8c
+# %% ../nbs/04_train.ipynb #7f1781c1
 def _dataset(cfg):
     "The dataset root a config names, or the embedded sample (built once)"
     if cfg['data'] is None: return sample_data(n_people=cfg['sample_people'])
@@ -147,14 +161,14 @@ def _dataset(cfg):
 def run_frame(cfg) -> pd.DataFrame:
     "The training photos of `cfg`'s dataset with their profile folds"
     df = read_train(_dataset(cfg), fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']))
-    df['fold'] = profile_folds(df, cfg['n_folds'], cfg['seed'])
+    df['fold'] = profile_folds(df, cfg['n_folds'], cfg['fold_seed'])
     return df
 
 def run_dls(cfg, df, fold:int):
     "The DataLoaders of `fold` with `cfg`'s size, transforms (normalised for the backbone) and sampling"
+    workers = cfg['num_workers'] if cfg['num_workers'] is not None else defaults.cpus if torch.cuda.is_available() else 0
     return mask_dls(df, fold=fold, size=tuple(cfg['size']), method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'],
-                    oversample=cfg['oversample'], batch_tfms=mask_tfms(backbone_stats(cfg['arch'])),
-                    **({} if cfg['num_workers'] is None else dict(num_workers=cfg['num_workers'])))
+                    oversample=cfg['oversample'], batch_tfms=mask_tfms(backbone_stats(cfg['arch'])), num_workers=workers)
 
 def run_learner(cfg, dls, run_dir=None):
     "The learner `cfg` describes over `dls`, writing into `run_dir`"
@@ -167,7 +181,7 @@ def run_learner(cfg, dls, run_dir=None):
     if torch.cuda.is_available(): learn.to_bf16()
     return learn
 
-# %% ../nbs/04_train.ipynb #18106e7e
+# %% ../nbs/04_train.ipynb #752fe1ca
 def _phases(cfg):
     "The (name, epochs) of the recipe's phases"
     return [p for p in (('frozen', cfg['freeze_epochs'] if cfg['pretrained'] else 0), ('unfrozen', cfg['epochs'])) if p[1] > 0]
@@ -181,12 +195,20 @@ def train_cbs(cfg):
     if cfg['accum'] > 1: cbs.append(GradientAccumulation(cfg['bs']*cfg['accum']))
     return cbs
 
-def fit_recipe(learn, cfg, run_dir, resume:dict=None, extra_cbs=()):
+def phase_fit_args(cfg, phase:str) -> dict:
+    "The learning rates and one-cycle settings of a recipe `phase` (those of fastai's `fine_tune`)"
+    lr = cfg['lr']
+    if phase == 'frozen': return dict(lr_max=slice(lr), pct_start=0.99)
+    if not cfg['pretrained']: return dict(lr_max=lr, pct_start=0.3)
+    top = lr/2 if cfg['freeze_epochs'] else lr
+    return dict(lr_max=slice(top/cfg['lr_mult'], top), pct_start=0.3, div=5.)
+
+def fit_recipe(learn, cfg, run_dir, resume:dict=None, extra_cbs=(), curve=None):
     "Train `learn` through the recipe's phases, from the start or from a `resume` state"
     best = SaveModelCallback(monitor='macro_f1', comp=np.greater, fname='best', reset_on_fit=False)
     if resume and resume.get('best') is not None: best.best = resume['best']
     stop = [EarlyStoppingCallback(monitor='macro_f1', comp=np.greater, patience=cfg['early_stop'], reset_on_fit=False)] if cfg['early_stop'] else []
-    lr, names = cfg['lr'], [n for n, _ in _phases(cfg)]
+    names = [n for n, _ in _phases(cfg)]
     for phase, n in _phases(cfg):
         start = 0
         if resume:
@@ -195,19 +217,16 @@ def fit_recipe(learn, cfg, run_dir, resume:dict=None, extra_cbs=()):
             if start >= n: continue
         cbs = [best, *stop, RunLogger(f'metrics_{phase}.csv', append=True, offset=start), Checkpoint(run_dir, phase, best, start),
                *train_cbs(cfg), *extra_cbs]
-        if phase == 'frozen':
-            learn.freeze()
-            learn.fit_one_cycle_from(n, slice(lr), start, pct_start=0.99, cbs=cbs)
-        else:
-            learn.unfreeze()
-            top = lr/2 if cfg['pretrained'] and cfg['freeze_epochs'] else lr
-            learn.fit_one_cycle_from(n, slice(top/cfg['lr_mult'], top) if cfg['pretrained'] else top, start,
-                                     pct_start=0.3, div=5. if cfg['pretrained'] else 25., cbs=cbs)
-        if any(getattr(cb, 'stopped', False) for cb in stop): break
+        if curve is not None:
+            done = pd.read_csv(Path(run_dir)/'eval_curve.csv').train_minutes.max() if (Path(run_dir)/'eval_curve.csv').exists() else 0.
+            cbs.append(EvalCurve(run_dir, phase, *curve, offset=start, minutes=done))
+        learn.freeze() if phase == 'frozen' else learn.unfreeze()
+        learn.fit_one_cycle_from(n, start=start, cbs=cbs, **phase_fit_args(cfg, phase))
+        if stop and learn.epoch < n - start - 1: break   # early stopping ended this phase: end the recipe
     if (Path(learn.path)/learn.model_dir/'best.pth').exists(): learn.load('best', with_opt=False)
     return learn
 
-# %% ../nbs/04_train.ipynb #95529d04
+# %% ../nbs/04_train.ipynb #38a39a55
 def model_card(cfg, learn) -> dict:
     "What is needed to rebuild and feed the model without pickle"
     stats = backbone_stats(cfg['arch'])
@@ -223,7 +242,7 @@ def prob_matrix(df) -> torch.Tensor:
     "The 18-class probabilities in a `prob_frame`"
     return torch.tensor(df[[f'p{k}' for k in range(N_CLASSES)]].to_numpy(), dtype=torch.float)
 
-# %% ../nbs/04_train.ipynb #d0cba767
+# %% ../nbs/04_train.ipynb #f7b51665
 def eval_frame(cfg):
     "The eval photos of `cfg`'s dataset, or None when it has no `eval/info.csv`"
     root = _dataset(cfg)
@@ -241,7 +260,7 @@ def predict_frame(learn, df, tta:bool=False, size=None, method='squish', cache=T
     dl = learn.dls.test_dl(df, bs=learn.dls.bs)
     with learn.no_bar(): return (learn.tta(dl=dl) if tta else learn.get_preds(dl=dl))[0].float()
 
-# %% ../nbs/04_train.ipynb #8f8ad239
+# %% ../nbs/04_train.ipynb #3e127c41
 def save_run(learn, cfg, run_dir, df, fold, eval_df=None, answers=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
     run_dir = Path(run_dir)
@@ -267,7 +286,7 @@ def score_probs(probs, eval_df, answers) -> dict:
     if ans.isna().any(): raise DataError(f'answers.csv lacks {int(ans.isna().sum())} of the eval ImageIDs')
     return mask_scores(probs, ans.to_numpy().astype(int))
 
-# %% ../nbs/04_train.ipynb #97db0dee
+# %% ../nbs/04_train.ipynb #24802d2b
 def _wandb_cb(cfg, run_dir):
     "fastai's WandbCallback, after `wandb.init` (offline unless WANDB_MODE says otherwise)"
     import wandb, fastai.callback.wandb as fw
@@ -290,7 +309,11 @@ def train_fold(cfg, df, fold:int, run_dir, resume:dict=None, eval_df=None, answe
         plt.savefig(run_dir/'lr_find.png'); plt.close('all')
         (run_dir/'config.json').write_text(json.dumps({**cfg, 'fold': fold}, indent=2))
     extra = [_wandb_cb(cfg, run_dir)] if cfg['wandb'] else []
-    try: fit_recipe(learn, cfg, run_dir, resume, extra)
+    curve = None
+    if cfg['eval_curve'] and eval_df is not None and answers is not None:
+        edf = eval_df.assign(image=ImageCache(tuple(cfg['size']), cfg['method'])(eval_df.path) if cfg['cache'] else eval_df.path)
+        curve = (learn.dls.test_dl(edf, bs=64), answers.set_index('ImageID').ans.reindex(eval_df.ImageID).to_numpy().astype(int))
+    try: fit_recipe(learn, cfg, run_dir, resume, extra, curve)
     finally:
         if cfg['wandb']: import wandb; wandb.finish()
     res = save_run(learn, cfg, run_dir, df, fold, eval_df, answers)
@@ -298,7 +321,7 @@ def train_fold(cfg, df, fold:int, run_dir, resume:dict=None, eval_df=None, answe
     (run_dir/'summary.json').write_text(json.dumps(res, indent=2))
     return res
 
-# %% ../nbs/04_train.ipynb #9900e8fc
+# %% ../nbs/04_train.ipynb #79be2956
 def merge_folds(run_dir, fold_dirs, eval_df=None, answers=None) -> dict:
     "Join the folds' out-of-fold probabilities, score them, and average their eval probabilities into one submission"
     oof = pd.concat([pd.read_csv(Path(d)/'oof.csv', dtype={'id': str}) for d in fold_dirs], ignore_index=True)
@@ -311,7 +334,7 @@ def merge_folds(run_dir, fold_dirs, eval_df=None, answers=None) -> dict:
         if answers is not None: res['eval'] = score_probs(probs, eval_df, answers)
     return res
 
-# %% ../nbs/04_train.ipynb #1961c007
+# %% ../nbs/04_train.ipynb #1ebbebe1
 def _versions():
     import fastai, timm
     return dict(torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
@@ -341,7 +364,7 @@ def train(cfg:dict, resume=None) -> dict:
     (run_dir/'summary.json').write_text(json.dumps(res, indent=2))
     return res
 
-# %% ../nbs/04_train.ipynb #e8d02df0
+# %% ../nbs/04_train.ipynb #cb63efb1
 def summary_line(res) -> str:
     "One line: where the run is and what it scored"
     parts = [f"run {res['run_dir']}"]
@@ -350,7 +373,7 @@ def summary_line(res) -> str:
     if 'eval' in res: parts.append(f"dev-eval macro F1 {res['eval']['macro_f1']:.4f}")
     return ' | '.join(parts + [f"{res['minutes']:.1f} min"])
 
-# %% ../nbs/04_train.ipynb #876f76ae
+# %% ../nbs/04_train.ipynb #e456866c
 @call_parse
 def main(data:str=None, # Dataset root in the competition layout (default: the embedded sample)
          config:str=None, # YAML or JSON settings; flags given here override it
@@ -366,12 +389,12 @@ def main(data:str=None, # Dataset root in the competition layout (default: the e
          lin_ftrs:str=None, # Hidden layer sizes of the head, e.g. 512
          ps:float=None, # Head dropout [0.5]
          xavier:bool_arg=None, # Xavier-uniform head initialisation [false]
-         size:str=None, # Image size: height,width or one number [128,96]
+         size:str=None, # Image size: height,width or one number [96,72]
          method:str=None, # Resize: squish, crop or pad [squish]
          cache:bool_arg=None, # Decoded-image cache [true]
          bs:int=None, # Batch size [32]
-         num_workers:int=None, # DataLoader workers [fastai's default]
-         epochs:int=None, # Epochs with the body unfrozen [5]
+         num_workers:int=None, # DataLoader workers [0 on CPU, fastai's default with CUDA]
+         epochs:int=None, # Epochs with the body unfrozen [4]
          freeze_epochs:int=None, # Epochs training only the head [1]
          lr:float=None, # Peak learning rate [2e-3]
          lr_mult:float=None, # Ratio of head to first-layer learning rate [100]
@@ -389,13 +412,15 @@ def main(data:str=None, # Dataset root in the competition layout (default: the e
          n_folds:int=None, # Profile folds [5]
          fold:int=None, # Validation fold [0]
          folds:str=None, # 'all': train every fold and merge their out-of-fold predictions
-         seed:int=None, # Seed of folds and training [42]
+         fold_seed:int=None, # Seed of the profile folds; keep it to ensemble runs [42]
+         seed:int=None, # Training seed [42]
          age_cuts:str=None, # Age band cuts [30,60]
          fixes:bool_arg=None, # Apply the known label fixes [true]
          early_stop:int=None, # Stop after this many epochs without a better macro F1, 0 for never [0]
          lr_find:bool_arg=None, # Run lr_find, save its plot, train at its suggestion [false]
          tta:bool_arg=None, # TTA for the submission [false]
          channels_last:bool_arg=None, # Channels-last memory format [true]
+         eval_curve:bool_arg=None, # Score the eval set after every epoch (needs eval/answers.csv) into eval_curve.csv [false]
          wandb:bool_arg=None, # Log to Weights & Biases (offline unless WANDB_MODE says otherwise) [false]
          wandb_project:str=None, # W&B project [mask_fastai]
          sample_people:int=None): # People in the embedded sample when no data is given [120]
