@@ -30,6 +30,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.core.cache_dir': ('core.html#cache_dir', 'mask_fastai/core.py'),
                                   'mask_fastai.core.class_name': ('core.html#class_name', 'mask_fastai/core.py'),
                                   'mask_fastai.core.class_names': ('core.html#class_names', 'mask_fastai/core.py'),
+                                  'mask_fastai.core.cli_errors': ('core.html#cli_errors', 'mask_fastai/core.py'),
                                   'mask_fastai.core.decode': ('core.html#decode', 'mask_fastai/core.py'),
                                   'mask_fastai.core.encode': ('core.html#encode', 'mask_fastai/core.py'),
                                   'mask_fastai.core.gender_code': ('core.html#gender_code', 'mask_fastai/core.py'),

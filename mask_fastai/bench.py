@@ -7,7 +7,7 @@ __all__ = ['START', 'END', 'PlainDataset', 'plain_tfms', 'plain_loader', 'plain_
            'pipeline_speed', 'StopAfter', 'learner_train_speed', 'speed_bench', 'curve_bench', 'bench_markdown',
            'record', 'bench', 'main']
 
-# %% ../nbs/07_bench.ipynb #f69943e9
+# %% ../nbs/07_bench.ipynb #01e2f904
 import json, os, platform, sys, time, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd, torch, timm
@@ -21,7 +21,7 @@ from .losses import *
 from .models import pretrained_weights, backbone_stats
 from .train import resolve_config, run_frame, run_dls, run_learner, eval_frame, eval_answers, predict_frame, score_probs, train
 
-# %% ../nbs/07_bench.ipynb #f2d1a9ae
+# %% ../nbs/07_bench.ipynb #30ee184d
 class PlainDataset(torch.utils.data.Dataset):
     "Photos decoded with PIL on every access and transformed per item by torchvision"
     def __init__(self, paths, labels, tfm): self.paths, self.labels, self.tfm = list(paths), list(labels), tfm
@@ -44,7 +44,7 @@ def plain_model(arch, device):
     return timm.create_model(arch, pretrained=True, num_classes=N_CLASSES,
                              pretrained_cfg_overlay=dict(file=str(pretrained_weights(arch)))).to(device)
 
-# %% ../nbs/07_bench.ipynb #2f5dd897
+# %% ../nbs/07_bench.ipynb #a5ec23f4
 def plain_train(model, dl, opt, max_batches=None, device='cpu'):
     "One epoch (or `max_batches`) of plain training; returns (images, seconds)"
     model.train(); n, start = 0, time.time()
@@ -62,7 +62,7 @@ def plain_predict(model, dl, device='cpu'):
         for x, _ in dl: out.append(F.softmax(model(x.to(device)), 1).cpu())
     return torch.cat(out), time.time() - start
 
-# %% ../nbs/07_bench.ipynb #f8664e5d
+# %% ../nbs/07_bench.ipynb #5b688eea
 def pipeline_speed(dl, max_batches=None):
     "Images per second delivered by fastai `dl` (decode, item and batch transforms), with no model"
     n, start = 0, time.time()
@@ -90,7 +90,7 @@ def learner_train_speed(learn, n:int=20):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-4, cbs=stop)
     return stop.count/stop.seconds
 
-# %% ../nbs/07_bench.ipynb #342fd837
+# %% ../nbs/07_bench.ipynb #59662a37
 def _machine():
     cpu = next((l.split(':')[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) if Path('/proc/cpuinfo').exists() else platform.processor()
     import fastai
@@ -118,7 +118,7 @@ def speed_bench(cfg, df, eval_df, n_batches:int=20, full_pass:bool=True) -> dict
     res['infer_img_s_plain'] = len(sub)/plain_predict(model, plain_loader(sub, size, stats, bs, train=False), device)[1]
     return res
 
-# %% ../nbs/07_bench.ipynb #31382039
+# %% ../nbs/07_bench.ipynb #d29dcde9
 def curve_bench(cfg, eval_df, answers, out='runs') -> dict:
     "Dev-eval macro F1 after each epoch against training minutes: a default-recipe run, then the plain loop for as long"
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -137,7 +137,7 @@ def curve_bench(cfg, eval_df, answers, out='runs') -> dict:
         plain.append((round(spent/60, 2), score_probs(probs, eval_df, answers)['macro_f1']))
     return dict(kit=kit, plain=plain, run=run['run_dir'], run_eval=run.get('eval'))
 
-# %% ../nbs/07_bench.ipynb #421130f4
+# %% ../nbs/07_bench.ipynb #7639c9f3
 START, END = '<!-- bench:start -->', '<!-- bench:end -->'
 
 def bench_markdown(res) -> str:
@@ -175,7 +175,7 @@ def record(md, fn='BENCHMARKS.md'):
     fn.write_text(text)
     return fn
 
-# %% ../nbs/07_bench.ipynb #3941aeac
+# %% ../nbs/07_bench.ipynb #7f5e2a47
 def bench(data=None, quick:bool=False, curve:bool=True, out='BENCHMARKS.md', runs='runs', n_batches:int=20, **settings) -> dict:
     "Run the benchmarks on `data` (the sample with `quick`) and record them in `out`"
     cfg = resolve_config(data=None if quick else data, fixes=False, **settings)
@@ -192,7 +192,7 @@ def bench(data=None, quick:bool=False, curve:bool=True, out='BENCHMARKS.md', run
     print(md)
     return res
 
-# %% ../nbs/07_bench.ipynb #206e601f
+# %% ../nbs/07_bench.ipynb #c8c8670a
 @call_parse
 def main(data:str=None, # Dataset root (default: the embedded sample, as with --quick)
          quick:bool=False, # The embedded sample, a few batches, one epoch: about a minute
@@ -205,4 +205,4 @@ def main(data:str=None, # Dataset root (default: the embedded sample, as with --
          epochs:int=None): # Unfrozen epochs of the recipe [the training default]
     "Measure the kit against a plain PyTorch loop on this machine and record the figures"
     kw = {k: v for k, v in dict(size=size, arch=arch, epochs=epochs).items() if v is not None}
-    bench(data, quick or data is None, curve, out or None, runs, n_batches, **kw)
+    with cli_errors(): bench(data, quick or data is None, curve, out or None, runs, n_batches, **kw)

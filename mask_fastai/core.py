@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['MASK_STATES', 'GENDERS', 'AGE_CUTS', 'STEM_MASK', 'IMAGE_EXTS', 'N_CLASSES', 'TASK_SIZES', 'LabelError', 'is_hidden',
            'mask_state', 'age_band', 'age_names', 'encode', 'decode', 'gender_code', 'class_name', 'class_names',
-           'cache_dir']
+           'cache_dir', 'cli_errors']
 
-# %% ../nbs/00_core.ipynb #206b42a2
+# %% ../nbs/00_core.ipynb #9d86bc2c
 from pathlib import Path
 import numpy as np
 
-# %% ../nbs/00_core.ipynb #00ad4b2d
+# %% ../nbs/00_core.ipynb #3bd026e9
 MASK_STATES = ('wear', 'incorrect', 'not wear')
 GENDERS = ('male', 'female')
 AGE_CUTS = (30, 60)
@@ -20,16 +20,16 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 N_CLASSES = 18
 TASK_SIZES = dict(mask=3, gender=2, age=3)
 
-# %% ../nbs/00_core.ipynb #310c4c7a
+# %% ../nbs/00_core.ipynb #cd61bfb9
 class LabelError(ValueError):
     "A file name, gender or label that the competition's scheme does not allow"
 
-# %% ../nbs/00_core.ipynb #0d4a3a21
+# %% ../nbs/00_core.ipynb #70b8341f
 def is_hidden(fn) -> bool:
     "True for dot-files such as `.DS_Store` or `._mask1.jpg`, which are never photos"
     return Path(fn).name.startswith('.')
 
-# %% ../nbs/00_core.ipynb #7517b1d9
+# %% ../nbs/00_core.ipynb #087f1736
 def mask_state(fn) -> int:
     "Mask state of photo `fn` from its stem: 0 wear (`mask1`-`mask5`), 1 `incorrect_mask`, 2 `normal`"
     p = Path(fn)
@@ -41,19 +41,19 @@ def mask_state(fn) -> int:
                          "(rename it, or move it out of the profile folder)")
     return STEM_MASK[stem]
 
-# %% ../nbs/00_core.ipynb #31b06264
+# %% ../nbs/00_core.ipynb #e2c02b7c
 def age_band(age, cuts=AGE_CUTS):
     "Age band of `age` (a number or an array): 0 below `cuts[0]`, 1 below `cuts[1]`, 2 from `cuts[1]` on"
     if len(cuts) != 2 or cuts[0] >= cuts[1]: raise ValueError(f"age cuts must be two increasing ages, got {cuts}")
     band = np.searchsorted(np.asarray(cuts), np.asarray(age), side='right')
     return int(band) if np.ndim(band) == 0 else band
 
-# %% ../nbs/00_core.ipynb #40a06793
+# %% ../nbs/00_core.ipynb #79970e3a
 def age_names(cuts=AGE_CUTS):
     "Readable names of the three age bands for `cuts`"
     return (f'<{cuts[0]}', f'{cuts[0]}-{cuts[1]-1}', f'>={cuts[1]}')
 
-# %% ../nbs/00_core.ipynb #01d2a9df
+# %% ../nbs/00_core.ipynb #24b31fa9
 def encode(mask, gender, age_band):
     "Class label of a mask state, gender code and age band: `mask*6 + gender*3 + age_band`"
     for v, n, name in ((mask, 3, 'mask'), (gender, 2, 'gender'), (age_band, 3, 'age_band')):
@@ -65,14 +65,14 @@ def decode(label):
     if np.any(np.asarray(label) < 0) or np.any(np.asarray(label) >= N_CLASSES): raise LabelError(f"labels are 0..17, got {label}")
     return label//6, label//3 % 2, label % 3
 
-# %% ../nbs/00_core.ipynb #3eb6ea3f
+# %% ../nbs/00_core.ipynb #29a63113
 def gender_code(gender) -> int:
     "0 for 'male', 1 for 'female' (any case)"
     g = str(gender).strip().lower()
     if g not in GENDERS: raise LabelError(f"gender must be 'male' or 'female', got {gender!r}")
     return GENDERS.index(g)
 
-# %% ../nbs/00_core.ipynb #67f606d2
+# %% ../nbs/00_core.ipynb #fc15ca0b
 def class_name(label, cuts=AGE_CUTS) -> str:
     "Readable name of class `label`, such as 'wear/male/<30'"
     m, g, a = decode(int(label))
@@ -82,7 +82,7 @@ def class_names(cuts=AGE_CUTS):
     "Names of the 18 classes in label order"
     return [class_name(i, cuts) for i in range(N_CLASSES)]
 
-# %% ../nbs/00_core.ipynb #15911c41
+# %% ../nbs/00_core.ipynb #f368f921
 import os
 
 def cache_dir(*parts) -> Path:
@@ -91,3 +91,15 @@ def cache_dir(*parts) -> Path:
     p = root.joinpath(*map(str, parts))
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+# %% ../nbs/00_core.ipynb #3bcf1ebb
+import sys
+from contextlib import contextmanager
+
+@contextmanager
+def cli_errors():
+    "Turn expected errors (ValueError, FileNotFoundError, FileExistsError and their kin) into `error: ...` and exit 2"
+    try: yield
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get('MASK_FASTAI_TRACEBACK'): raise
+        print(f'error: {e}', file=sys.stderr); sys.exit(2)

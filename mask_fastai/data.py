@@ -7,7 +7,7 @@ __all__ = ['LABEL_FIXES', 'TRAIN_COLS', 'DataError', 'Problems', 'open_image', '
            'add_labels', 'read_train', 'read_eval', 'check_submission', 'write_submission', 'profile_folds',
            'ImageCache', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls']
 
-# %% ../nbs/01_data.ipynb #a11a83e7
+# %% ../nbs/01_data.ipynb #59916865
 import os, hashlib, warnings, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -17,7 +17,7 @@ from fastai.vision.all import *
 from sklearn.model_selection import StratifiedGroupKFold
 from .core import *
 
-# %% ../nbs/01_data.ipynb #bacbcc6a
+# %% ../nbs/01_data.ipynb #c4167439
 class DataError(ValueError):
     "A dataset that does not fit the competition layout; the message names the files and the fix"
 
@@ -40,7 +40,7 @@ class Problems(L):
         if on_error != 'skip': raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         warnings.warn(f"{what}: skipped what these concern. {self.summary()}")
 
-# %% ../nbs/01_data.ipynb #08d9952a
+# %% ../nbs/01_data.ipynb #7d6e817e
 def open_image(fn) -> Image.Image:
     "Photo `fn` as an upright RGB PIL image: EXIF orientation applied, grey/palette/alpha converted"
     im = ImageOps.exif_transpose(Image.open(fn))
@@ -54,7 +54,7 @@ class MaskImage(PILImage):
     def create(cls, fn, **kwargs):
         return cls(open_image(fn)) if isinstance(fn, (str, Path)) else super().create(fn, **kwargs)
 
-# %% ../nbs/01_data.ipynb #299a7fe1
+# %% ../nbs/01_data.ipynb #490a1fef
 def check_image(fn, full:bool=False):
     "None if `fn` opens as an image (decoded in full when `full`), else what is wrong with it"
     try:
@@ -67,13 +67,13 @@ def check_image(fn, full:bool=False):
     except Exception as e: return f'unreadable image ({type(e).__name__}: {e})'
     return None
 
-# %% ../nbs/01_data.ipynb #b4f1952a
+# %% ../nbs/01_data.ipynb #7bc2bca9
 LABEL_FIXES = pd.DataFrame(
     [(i, 'gender', 'male') for i in ('006359', '006360', '006361', '006362', '006363', '006364')] +
     [(i, 'gender', 'female') for i in ('001498-1', '004432')] +
     [(i, 'swap', 'normal|incorrect_mask') for i in ('000020', '004418', '005227')], columns=['id', 'field', 'value'])
 
-# %% ../nbs/01_data.ipynb #23148cf0
+# %% ../nbs/01_data.ipynb #7381a972
 def _fix_table(fixes):
     "The fix table that `fixes` (True, False/None, a DataFrame or a CSV path) stands for"
     if fixes is True: return LABEL_FIXES
@@ -101,7 +101,7 @@ def apply_fixes(df, fixes=True, cuts=AGE_CUTS):
     df.attrs['fixes'] = pd.DataFrame(done, columns=['id', 'field', 'value', 'photos'])
     return df
 
-# %% ../nbs/01_data.ipynb #3a57786f
+# %% ../nbs/01_data.ipynb #c94a9589
 def add_labels(df, cuts=AGE_CUTS):
     "`df` with `age_band`, `label` and `class_name` computed from `mask`, `gender`, `age` and the age `cuts`"
     df = df.assign(age_band=age_band(df.age.to_numpy(), cuts))
@@ -111,7 +111,7 @@ def add_labels(df, cuts=AGE_CUTS):
     df.attrs['age_cuts'] = tuple(cuts)
     return df
 
-# %% ../nbs/01_data.ipynb #a6f70727
+# %% ../nbs/01_data.ipynb #940c0b90
 TRAIN_COLS = ('id', 'gender', 'race', 'age', 'path')
 
 def _find(path, sub, fname):
@@ -129,7 +129,7 @@ def _read_people(csv):
         raise DataError(f"{csv}: missing column(s) {', '.join(missing)}; train.csv needs {','.join(TRAIN_COLS)} (one row per person)")
     return people
 
-# %% ../nbs/01_data.ipynb #60706ab9
+# %% ../nbs/01_data.ipynb #9b536884
 def _profile_photos(folder, problems):
     "The photos in profile `folder` as (file, stem, mask) rows; odd files and missing photos go to `problems`"
     rows = []
@@ -144,7 +144,7 @@ def _profile_photos(folder, problems):
         problems.add('incomplete profile', folder, f"{folder}: {len(rows)} photos instead of 7 ({what}); each profile needs mask1-mask5, incorrect_mask and normal")
     return rows
 
-# %% ../nbs/01_data.ipynb #9815a562
+# %% ../nbs/01_data.ipynb #44962619
 def read_train(path, # Dataset root holding `train/` (or the `train/` folder)
                fixes=True, # Apply `LABEL_FIXES` (True), none (False), or a fix table (DataFrame or CSV path)
                check:str='fast', # Photo check: 'fast' (headers, JPEG end markers), 'full' (decode all) or 'none'
@@ -173,7 +173,7 @@ def read_train(path, # Dataset root holding `train/` (or the `train/` folder)
     df.attrs['problems'] = pd.DataFrame(list(problems), columns=['kind', 'file', 'message'])
     return df
 
-# %% ../nbs/01_data.ipynb #e15d7100
+# %% ../nbs/01_data.ipynb #b7594b0a
 def read_eval(path, # Dataset root holding `eval/` (or the `eval/` folder)
               check:str='fast', # Photo check: 'fast', 'full' or 'none'
               on_error:str='raise'): # 'raise' or 'skip' (skipped rows make any submission incomplete)
@@ -188,7 +188,7 @@ def read_eval(path, # Dataset root holding `eval/` (or the `eval/` folder)
     problems.settle(str(root), on_error)
     return info[~info.path.isin(problems.files())].reset_index(drop=True)
 
-# %% ../nbs/01_data.ipynb #6efb95bc
+# %% ../nbs/01_data.ipynb #6c45866e
 def check_submission(sub, info):
     "Raise a `DataError` unless `sub` has `info`'s ImageIDs in order and an `ans` in 0..17 for each"
     if list(sub.columns[:2]) != ['ImageID', 'ans']: raise DataError(f"submission columns must be ImageID,ans, got {','.join(sub.columns)}")
@@ -210,7 +210,7 @@ def write_submission(sub, fn, info, force:bool=False):
     os.replace(f.name, fn)
     return fn
 
-# %% ../nbs/01_data.ipynb #447239fb
+# %% ../nbs/01_data.ipynb #661e6dd9
 def profile_folds(df, n_folds:int=5, seed:int=42):
     "Fold number (0..`n_folds`-1) of each row of `df`, grouped by person `id` and stratified by gender x age band"
     strata = df.gender.to_numpy()*3 + df.age_band.to_numpy()
@@ -219,7 +219,7 @@ def profile_folds(df, n_folds:int=5, seed:int=42):
     for k, (_, valid) in enumerate(sgkf.split(np.zeros(len(df)), strata, groups=df.id.to_numpy())): folds[valid] = k
     return folds
 
-# %% ../nbs/01_data.ipynb #3af80947
+# %% ../nbs/01_data.ipynb #ad57c72a
 def _resize(size, method):
     "The deterministic (validation-time) `Resize` for `size`"
     return Resize(size, method=method, pad_mode=PadMode.Zeros)
@@ -250,7 +250,7 @@ class ImageCache:
         "Cached paths for all `fns`, building the missing ones in parallel"
         return list(parallel(self.build, list(fns), n_workers=n_workers, threadpool=True, progress=False))
 
-# %% ../nbs/01_data.ipynb #115b28f2
+# %% ../nbs/01_data.ipynb #c85683f4
 @delegates(aug_transforms)
 def mask_tfms(stats=imagenet_stats, # Normalisation statistics (the backbone's), or None
               max_rotate:float=10., max_warp:float=0.1, max_lighting:float=0.2, **kwargs):
@@ -268,14 +268,14 @@ def mask_block(size=(128, 96), # Image size (height, width)
                      get_x=ColReader(image_col), get_y=ColReader('class_name'), splitter=ColSplitter('is_valid'),
                      item_tfms=_resize(size, method), batch_tfms=ifnone(batch_tfms, mask_tfms()))
 
-# %% ../nbs/01_data.ipynb #1762b59d
+# %% ../nbs/01_data.ipynb #9e4f31e4
 def sample_weights(df, by:str='class'):
     "Per-row weights that balance `by` ('class' or 'age') when drawn with replacement"
     col = dict(**{'class': 'label'}, age='age_band').get(by)
     if col is None: raise ValueError(f"oversample must be 'class' or 'age', got {by!r}")
     return (1/df[col].map(df[col].value_counts())).to_numpy()
 
-# %% ../nbs/01_data.ipynb #f82c09da
+# %% ../nbs/01_data.ipynb #9ed06809
 @delegates(DataBlock.dataloaders)
 def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_folds` when missing
              fold:int=0, # Validation fold

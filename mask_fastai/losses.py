@@ -6,7 +6,7 @@
 __all__ = ['LOSSES', 'TASK_SPLITS', 'ce_loss', 'focal_loss', 'soft_f1_loss', 'probs18', 'marginals', 'MaskLoss', 'class_weights',
            'mask_scores', 'MaskMetric', 'mask_metrics']
 
-# %% ../nbs/03_losses.ipynb #4a7d7515
+# %% ../nbs/03_losses.ipynb #6d3a7659
 import math
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import Metric
@@ -14,7 +14,7 @@ from fastai.torch_core import to_detach
 from sklearn.metrics import f1_score
 from .core import *
 
-# %% ../nbs/03_losses.ipynb #9169b85a
+# %% ../nbs/03_losses.ipynb #0dcda8db
 def _reduce(loss, reduction):
     return loss.mean() if reduction == 'mean' else loss.sum() if reduction == 'sum' else loss
 
@@ -39,7 +39,7 @@ def soft_f1_loss(logits, targ, weight=None, smoothing:float=0., eps:float=1e-7, 
 
 LOSSES = dict(ce=ce_loss, focal=focal_loss, softf1=soft_f1_loss)
 
-# %% ../nbs/03_losses.ipynb #e1389646
+# %% ../nbs/03_losses.ipynb #f41dbdb1
 TASK_SPLITS = tuple(TASK_SIZES.values())
 
 def probs18(mask_p, gender_p, age_p):
@@ -51,7 +51,7 @@ def marginals(probs):
     p = probs.reshape(-1, 3, 2, 3)
     return p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
 
-# %% ../nbs/03_losses.ipynb #f4055ad8
+# %% ../nbs/03_losses.ipynb #3fc88f6a
 class MaskLoss(nn.Module):
     "Loss for an 18-way head, or (`multitask`) the weighted sum over mask, gender and age-band heads"
     y_int = True
@@ -87,7 +87,7 @@ class MaskLoss(nn.Module):
 
     def decodes(self, probs): return probs.argmax(-1)
 
-# %% ../nbs/03_losses.ipynb #b43dd641
+# %% ../nbs/03_losses.ipynb #bbd818cb
 def class_weights(labels, multitask:bool=False):
     "Inverse-frequency weights (mean 1) for the 18 classes, or for each task's classes when `multitask`"
     labels = np.asarray(labels)
@@ -98,7 +98,7 @@ def class_weights(labels, multitask:bool=False):
     if not multitask: return inv(labels, N_CLASSES).tolist()
     return sum((inv(np.asarray(t), n).tolist() for t, n in zip(decode(labels), TASK_SPLITS)), [])
 
-# %% ../nbs/03_losses.ipynb #0291e6e0
+# %% ../nbs/03_losses.ipynb #891aefd8
 def mask_scores(probs, targ) -> dict:
     "macro_f1 (18 classes), accuracy, and f1_mask / f1_gender / f1_age from 18-class `probs` and labels `targ`"
     probs, targ = torch.as_tensor(probs, dtype=torch.float), np.asarray(targ)
@@ -109,7 +109,7 @@ def mask_scores(probs, targ) -> dict:
         res[f'f1_{name}'] = f1_score(t, p.argmax(-1).numpy(), average='macro', labels=range(n), zero_division=0)
     return res
 
-# %% ../nbs/03_losses.ipynb #1b47369c
+# %% ../nbs/03_losses.ipynb #00f0c0a5
 class MaskMetric(Metric):
     "One of `mask_scores`' figures over the whole validation set"
     def __init__(self, score='macro_f1'): self.score = score

