@@ -6,7 +6,7 @@
 __all__ = ['run_config', 'load_run', 'run_probs', 'soft_vote', 'hard_vote', 'score_submission', 'read_oofs', 'apply_plan',
            'fit_plan', 'cv_gain', 'predict']
 
-# %% ../nbs/05_inference.ipynb #17c451d2
+# %% ../nbs/05_inference.ipynb #d1544641
 import json, os
 from sklearn.model_selection import GroupKFold
 from pathlib import Path
@@ -18,7 +18,7 @@ from .losses import *
 from .models import card_model
 from .train import TRAIN_DEFAULTS, _dataset, predict_frame, prob_frame, prob_matrix
 
-# %% ../nbs/05_inference.ipynb #08f515b2
+# %% ../nbs/05_inference.ipynb #21ad07ce
 def run_config(run) -> dict:
     "The resolved config a run folder was trained with"
     run = Path(run)
@@ -30,8 +30,8 @@ def load_run(run, items, bs:int=64) -> Learner:
     run = Path(run)
     card = json.loads((run/'model.json').read_text())
     model = card_model(card, run/card['weights'])
-    block = mask_block(tuple(card['size']), card['method'], tuple(card['age_cuts']), mask_tfms((card['mean'], card['std'])), image_col='path')
-    seed = items.head(2).assign(class_name=card['classes'][0], is_valid=[False, True][:min(2, len(items))])
+    block = mask_block(tuple(card['size']), card['method'], tuple(card['age_cuts']), mask_tfms((card['mean'], card['std'])), image_col='image')
+    seed = items.head(2).assign(image=items.path.head(2).values, class_name=card['classes'][0], is_valid=[False, True][:min(2, len(items))])
     dls = block.dataloaders(seed, bs=bs, num_workers=0)
     learn = Learner(dls, model, loss_func=MaskLoss(multitask=card['multitask']))
     learn.card = card
@@ -42,7 +42,7 @@ def run_probs(run, df, tta:bool=False, bs:int=64):
     learn = load_run(run, df, bs)
     return predict_frame(learn, df, tta, tuple(learn.card['size']), learn.card['method'], cache=True, bs=bs)
 
-# %% ../nbs/05_inference.ipynb #e912c239
+# %% ../nbs/05_inference.ipynb #e458874b
 def soft_vote(probs, weights=None):
     "Weighted mean of a list of `(n, 18)` probability tensors"
     w = torch.ones(len(probs)) if weights is None else torch.as_tensor(weights, dtype=torch.float)
@@ -56,7 +56,7 @@ def hard_vote(probs, weights=None):
     top = votes == votes.max(1, keepdim=True).values
     return soft_vote(probs, weights).masked_fill(~top, -1).argmax(1)
 
-# %% ../nbs/05_inference.ipynb #75b6f8b8
+# %% ../nbs/05_inference.ipynb #b9ec20be
 def score_submission(submission, answers) -> dict:
     "`mask_scores` of a submission (frame or CSV path) against answers (frame or `answers.csv` path with ImageID, ans)"
     sub = pd.read_csv(submission) if not isinstance(submission, pd.DataFrame) else submission
@@ -65,7 +65,7 @@ def score_submission(submission, answers) -> dict:
     if truth.isna().any(): raise DataError(f'{int(truth.isna().sum())} submission ImageIDs are not in the answers')
     return mask_scores(torch.eye(N_CLASSES)[sub.ans.to_numpy()], truth.to_numpy().astype(int))
 
-# %% ../nbs/05_inference.ipynb #ee6a43ec
+# %% ../nbs/05_inference.ipynb #3cbd083b
 def read_oofs(runs):
     "The runs' out-of-fold probabilities on the photos they share: (list of `(n,18)` tensors, labels, person ids, paths)"
     frames = [pd.read_csv(Path(r)/'oof.csv', dtype={'id': str}).set_index('path') for r in runs]
@@ -82,7 +82,7 @@ def apply_plan(probs, plan) -> torch.Tensor:
 
 def _f1(scores, labels): return mask_scores(torch.eye(N_CLASSES)[scores.argmax(1)], labels)['macro_f1']
 
-# %% ../nbs/05_inference.ipynb #9da5e7bf
+# %% ../nbs/05_inference.ipynb #30e13aad
 def fit_plan(probs, labels, weights:bool=True, biases:bool=True, rounds:int=2) -> dict:
     "Run weights and per-class logit biases that maximise macro F1 of `probs` against `labels`"
     plan = dict(weights=[1.]*len(probs), biases=[0.]*N_CLASSES)
@@ -108,7 +108,7 @@ def cv_gain(probs, labels, groups, n_splits:int=5, **kwargs) -> dict:
         fitted.append(_f1(apply_plan([p[te] for p in probs], plan), labels[te]))
     return dict(plain=float(np.mean(plain)), fitted=float(np.mean(fitted)), gain=float(np.mean(fitted) - np.mean(plain)), splits=len(plain))
 
-# %% ../nbs/05_inference.ipynb #4347c2cb
+# %% ../nbs/05_inference.ipynb #8beab8fd
 def predict(runs, # Run folders (from one dataset; any mix of single-head and multi-task)
             data=None, # Dataset root or eval folder (default: the first run's dataset)
             out='submission.csv', # Submission file to write
