@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['run_interp', 'per_class_table', 'task_confusion', 'suspects', 'md_table', 'interpret_run', 'main']
 
-# %% ../nbs/06_interpret.ipynb #d9147aee
+# %% ../nbs/06_interpret.ipynb #eeac9367
 import json
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -20,7 +20,7 @@ from .losses import *
 from .train import run_frame, prob_matrix
 from .inference import load_run, run_config
 
-# %% ../nbs/06_interpret.ipynb #3abc3b15
+# %% ../nbs/06_interpret.ipynb #76209abb
 def run_interp(run, data=None, bs:int=64) -> ClassificationInterpretation:
     "fastai's `ClassificationInterpretation` of run folder `run` on its validation photos, or on all of dataset `data`"
     cfg = run_config(run)
@@ -28,12 +28,13 @@ def run_interp(run, data=None, bs:int=64) -> ClassificationInterpretation:
         df = run_frame(cfg); df = df[df.fold == cfg['fold']]
     else: df = read_train(data, fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']))
     learn = load_run(run, df, bs)
+    df = df.assign(image=ImageCache(tuple(learn.card['size']), learn.card['method'])(df.path))   # the photos as the run saw them
     dl = learn.dls.test_dl(df, with_labels=True, bs=bs)
     with learn.no_bar(): interp = ClassificationInterpretation.from_learner(learn, dl=dl)
     interp.items = df.reset_index(drop=True)
     return interp
 
-# %% ../nbs/06_interpret.ipynb #7f682194
+# %% ../nbs/06_interpret.ipynb #9ba58571
 @patch
 def interp_probs(self:ClassificationInterpretation):
     "The 18-class probabilities and labels of the interpreted photos (computed once)"
@@ -42,7 +43,7 @@ def interp_probs(self:ClassificationInterpretation):
         self._probs, self._targs = p.float(), t.numpy()
     return self._probs, self._targs
 
-# %% ../nbs/06_interpret.ipynb #fc0e961d
+# %% ../nbs/06_interpret.ipynb #f8ef0403
 def per_class_table(probs, targs, cuts=AGE_CUTS) -> pd.DataFrame:
     "Precision, recall, F1 and support of each of the 18 classes"
     rep = classification_report(targs, probs.argmax(1).numpy(), labels=range(N_CLASSES), target_names=class_names(cuts),
@@ -58,7 +59,7 @@ def task_confusion(probs, targs, ax=None, cuts=AGE_CUTS):
         a.set_title(task)
     return fig
 
-# %% ../nbs/06_interpret.ipynb #09a01d1c
+# %% ../nbs/06_interpret.ipynb #8811e238
 def _robust_z(x):
     "How far each value of `x` lies from the median, in robust standard deviations (median absolute deviation)"
     return (x - x.median())/(1.4826*(x - x.median()).abs().median() + 1e-3)
@@ -81,13 +82,13 @@ def suspects(probs, items, top:int=None) -> pd.DataFrame:
     per = per.sort_values('z', ascending=False).reset_index()
     return per.head(top) if top else per
 
-# %% ../nbs/06_interpret.ipynb #ebaf7302
+# %% ../nbs/06_interpret.ipynb #0e69893f
 def md_table(df) -> str:
     "A markdown table of frame `df`"
     rows = [[f'{v:.3f}' if isinstance(v, float) else str(v) for v in r] for r in df.itertuples(index=False)]
     return '\n'.join(['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|'*len(df.columns)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
-# %% ../nbs/06_interpret.ipynb #2ded7cb5
+# %% ../nbs/06_interpret.ipynb #52842eb3
 def interpret_run(run, data=None, k:int=16, out=None, bs:int=64) -> Path:
     "Write top losses, confusion matrices, per-class table, most-confused pairs, suspects and a report for `run`"
     interp, cfg = run_interp(run, data, bs), run_config(run)
@@ -111,7 +112,7 @@ def interpret_run(run, data=None, k:int=16, out=None, bs:int=64) -> Path:
     (out/'report.md').write_text('\n'.join(report) + '\n')
     return out
 
-# %% ../nbs/06_interpret.ipynb #c7fd6cc2
+# %% ../nbs/06_interpret.ipynb #8ec4b6bc
 @call_parse
 def main(run:str, # Run folder
          data:str=None, # Interpret on all photos of this labelled dataset instead of the run's validation fold
