@@ -8,8 +8,8 @@ __all__ = ['TRAIN_DEFAULTS', 'OPTIMIZERS', 'load_config', 'resolve_config', 'new
            'fit_recipe', 'model_card', 'prob_frame', 'prob_matrix', 'eval_frame', 'eval_answers', 'predict_frame',
            'save_run', 'score_probs', 'train_fold', 'merge_folds', 'train', 'summary_line', 'main']
 
-# %% ../nbs/04_train.ipynb #0ef5463f
-import json, os, random, sys, time, shutil
+# %% ../nbs/04_train.ipynb #67cd2ba8
+import json, os, random, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
@@ -23,7 +23,7 @@ from .data import *
 from .losses import *
 from .models import *
 
-# %% ../nbs/04_train.ipynb #e14a7a3b
+# %% ../nbs/04_train.ipynb #88bb614e
 TRAIN_DEFAULTS = dict(
     data=None, out='runs', name=None,                          # dataset (None: the embedded sample), where runs go, run name
     arch='tf_efficientnet_lite0', pretrained=True, weights=None, hub=False,
@@ -36,7 +36,7 @@ TRAIN_DEFAULTS = dict(
     early_stop=0, lr_find=False, tta=False, channels_last=True, eval_curve=False,
     wandb=False, wandb_project='mask_fastai', sample_people=120)
 
-# %% ../nbs/04_train.ipynb #e98a3dc8
+# %% ../nbs/04_train.ipynb #2ae2d45f
 def load_config(fn) -> dict:
     "Settings from a YAML or JSON file, checked against `TRAIN_DEFAULTS`"
     fn = Path(fn)
@@ -68,7 +68,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
 
 OPTIMIZERS = dict(adamw=Adam, adam=partial(Adam, decouple_wd=False), sgd=partial(SGD, mom=0.9))
 
-# %% ../nbs/04_train.ipynb #008cd6b2
+# %% ../nbs/04_train.ipynb #20eb1675
 def new_run_dir(out, name:str) -> Path:
     "A new, empty folder `out/<time>-<name>[-n]` that no other run has"
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def new_run_dir(out, name:str) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f'no free run folder name under {out}')
 
-# %% ../nbs/04_train.ipynb #003daee0
+# %% ../nbs/04_train.ipynb #5b5b4d61
 def same_class_perm(y):
     "A permutation of batch positions that maps each item to an item with the same label"
     perm = torch.arange(len(y), device=y.device)
@@ -99,7 +99,7 @@ class HalfMix(Callback):
         x[..., w:] = x[perm, ..., w:]
         self.learn.xb = (x, *self.xb[1:])
 
-# %% ../nbs/04_train.ipynb #22297c74
+# %% ../nbs/04_train.ipynb #afb6d45d
 class RunLogger(CSVLogger):
     "A `CSVLogger` that appends to an existing table without a second header, numbering epochs from `offset`"
     def __init__(self, fname='history.csv', append=False, offset:int=0):
@@ -123,7 +123,7 @@ class Checkpoint(Callback):
         state = dict(phase=self.phase, epoch=self.epoch + self.offset, best=None if best is None or np.isinf(best) else float(best))
         tmp = self.run_dir/'state.json.tmp'; tmp.write_text(json.dumps(state)); os.replace(tmp, self.run_dir/'state.json')
 
-# %% ../nbs/04_train.ipynb #a6dacfc6
+# %% ../nbs/04_train.ipynb #877c302f
 class EvalCurve(Callback):
     "After each epoch, score the eval photos in `dl` against `labels` and append to `eval_curve.csv`"
     order = Recorder.order + 1
@@ -137,7 +137,7 @@ class EvalCurve(Callback):
         row = dict(phase=self.phase, epoch=self.epoch + self.offset, train_minutes=round(self.minutes, 3), **mask_scores(probs, self.labels))
         pd.DataFrame([row]).to_csv(self.fn, mode='a', header=not self.fn.exists(), index=False)
 
-# %% ../nbs/04_train.ipynb #276de085
+# %% ../nbs/04_train.ipynb #e48d91f8
 @patch
 def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=25., div_final=1e5, pct_start=0.25, moms=None, cbs=None):
     "`fit_one_cycle` over `n_epoch` epochs, starting at epoch `start` of that schedule"
@@ -150,7 +150,7 @@ def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=
     tail = {k: (lambda f: lambda pos: f(a + pos*(1-a)))(f) for k, f in scheds.items()}
     self.fit(n_epoch - start, cbs=ParamScheduler(tail) + L(cbs))
 
-# %% ../nbs/04_train.ipynb #345d08c0
+# %% ../nbs/04_train.ipynb #d7013af4
 def _dataset(cfg):
     "The dataset root a config names, or the embedded sample (built once)"
     if cfg['data'] is None: return sample_data(n_people=cfg['sample_people'])
@@ -181,7 +181,7 @@ def run_learner(cfg, dls, run_dir=None):
     if torch.cuda.is_available(): learn.to_bf16()
     return learn
 
-# %% ../nbs/04_train.ipynb #7bf72ea5
+# %% ../nbs/04_train.ipynb #d7b04e11
 def _phases(cfg):
     "The (name, epochs) of the recipe's phases"
     return [p for p in (('frozen', cfg['freeze_epochs'] if cfg['pretrained'] else 0), ('unfrozen', cfg['epochs'])) if p[1] > 0]
@@ -226,7 +226,7 @@ def fit_recipe(learn, cfg, run_dir, resume:dict=None, extra_cbs=(), curve=None):
     if (Path(learn.path)/learn.model_dir/'best.pth').exists(): learn.load('best', with_opt=False)
     return learn
 
-# %% ../nbs/04_train.ipynb #7a6ca4b7
+# %% ../nbs/04_train.ipynb #be9bcda2
 def model_card(cfg, learn) -> dict:
     "What is needed to rebuild and feed the model without pickle"
     stats = backbone_stats(cfg['arch'])
@@ -242,7 +242,7 @@ def prob_matrix(df) -> torch.Tensor:
     "The 18-class probabilities in a `prob_frame`"
     return torch.tensor(df[[f'p{k}' for k in range(N_CLASSES)]].to_numpy(), dtype=torch.float)
 
-# %% ../nbs/04_train.ipynb #2a847b00
+# %% ../nbs/04_train.ipynb #4bfe19e5
 def eval_frame(cfg):
     "The eval photos of `cfg`'s dataset, or None when it has no `eval/info.csv`"
     root = _dataset(cfg)
@@ -260,7 +260,7 @@ def predict_frame(learn, df, tta:bool=False, size=None, method='squish', cache=T
     dl = learn.dls.test_dl(df, bs=bs)
     with learn.no_bar(): return (learn.tta(dl=dl) if tta else learn.get_preds(dl=dl))[0].float()
 
-# %% ../nbs/04_train.ipynb #2ad72eda
+# %% ../nbs/04_train.ipynb #3291d9c5
 def save_run(learn, cfg, run_dir, df, fold, eval_df=None, answers=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
     run_dir = Path(run_dir)
@@ -286,7 +286,7 @@ def score_probs(probs, eval_df, answers) -> dict:
     if ans.isna().any(): raise DataError(f'answers.csv lacks {int(ans.isna().sum())} of the eval ImageIDs')
     return mask_scores(probs, ans.to_numpy().astype(int))
 
-# %% ../nbs/04_train.ipynb #ef574701
+# %% ../nbs/04_train.ipynb #87c9f4f0
 def _wandb_cb(cfg, run_dir):
     "fastai's WandbCallback, after `wandb.init` (offline unless WANDB_MODE says otherwise)"
     import wandb, fastai.callback.wandb as fw
@@ -321,7 +321,7 @@ def train_fold(cfg, df, fold:int, run_dir, resume:dict=None, eval_df=None, answe
     (run_dir/'summary.json').write_text(json.dumps(res, indent=2))
     return res
 
-# %% ../nbs/04_train.ipynb #122cc198
+# %% ../nbs/04_train.ipynb #d66d92ed
 def merge_folds(run_dir, fold_dirs, eval_df=None, answers=None) -> dict:
     "Join the folds' out-of-fold probabilities, score them, and average their eval probabilities into one submission"
     oof = pd.concat([pd.read_csv(Path(d)/'oof.csv', dtype={'id': str}) for d in fold_dirs], ignore_index=True)
@@ -334,7 +334,7 @@ def merge_folds(run_dir, fold_dirs, eval_df=None, answers=None) -> dict:
         if answers is not None: res['eval'] = score_probs(probs, eval_df, answers)
     return res
 
-# %% ../nbs/04_train.ipynb #ed98ab8b
+# %% ../nbs/04_train.ipynb #fcbaa41d
 def _versions():
     import fastai, timm
     return dict(torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
@@ -364,7 +364,7 @@ def train(cfg:dict, resume=None) -> dict:
     (run_dir/'summary.json').write_text(json.dumps(res, indent=2))
     return res
 
-# %% ../nbs/04_train.ipynb #9c9a5f07
+# %% ../nbs/04_train.ipynb #9aa363a7
 def summary_line(res) -> str:
     "One line: where the run is and what it scored"
     parts = [f"run {res['run_dir']}"]
@@ -373,7 +373,7 @@ def summary_line(res) -> str:
     if 'eval' in res: parts.append(f"dev-eval macro F1 {res['eval']['macro_f1']:.4f}")
     return ' | '.join(parts + [f"{res['minutes']:.1f} min"])
 
-# %% ../nbs/04_train.ipynb #e8ffca92
+# %% ../nbs/04_train.ipynb #28b3d04f
 @call_parse
 def main(data:str=None, # Dataset root in the competition layout (default: the embedded sample)
          config:str=None, # YAML or JSON settings; flags given here override it
