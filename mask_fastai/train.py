@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
+from sklearn.metrics import ConfusionMatrixDisplay
 from fastcore.script import call_parse, bool_arg
 from fastai.vision.all import *
 from fastai.callback.mixup import MixUp, CutMix
@@ -270,8 +271,10 @@ def save_run(learn, cfg, run_dir, df, fold, eval_df=None, answers=None) -> dict:
     with learn.no_bar(): probs, targs = learn.get_preds(dl=learn.dls.valid)
     prob_frame(probs.float(), path=valid.path.values, id=valid.id.values, fold=fold, label=valid.label.values).to_csv(run_dir/'oof.csv', index=False)
     res = dict(fold=fold, valid=mask_scores(probs.float(), targs.numpy()))
-    with learn.no_bar(): interp = ClassificationInterpretation.from_learner(learn)
-    interp.plot_confusion_matrix(figsize=(12, 12)); plt.savefig(run_dir/'confusion_matrix.png', bbox_inches='tight'); plt.close('all')
+    fig, ax = plt.subplots(figsize=(12, 12))   # from the probabilities above: no second pass over the validation set
+    ConfusionMatrixDisplay.from_predictions(targs.numpy(), probs.argmax(1).numpy(), labels=range(N_CLASSES), display_labels=list(learn.dls.vocab),
+                                            xticks_rotation='vertical', colorbar=False, ax=ax)
+    fig.savefig(run_dir/'confusion_matrix.png', bbox_inches='tight'); plt.close('all')
     if eval_df is not None:
         eprobs = predict_frame(learn, eval_df, cfg['tta'], cfg['size'], cfg['method'], cfg['cache'])
         prob_frame(eprobs, ImageID=eval_df.ImageID.values).to_csv(run_dir/'eval_probs.csv', index=False)
