@@ -30,7 +30,7 @@ TRAIN_DEFAULTS = dict(
     arch='tf_efficientnet_lite0', pretrained=True, weights=None, hub=False,
     multitask=False, task_weights=[1., 1., 1.], lin_ftrs=None, ps=0.5, xavier=False,
     size=[96, 72], method='squish', cache=True, bs=32, num_workers=None,
-    epochs=4, freeze_epochs=1, lr=2e-3, lr_mult=2., wd=0.01, opt='adamw',
+    epochs=4, freeze_epochs=0, lr=2e-3, lr_mult=2., wd=0.01, opt='adamw',
     loss='ce', smoothing=0., gamma=2., class_weighted=False,
     mixup=0., cutmix=0., halfmix=0., oversample=None, accum=1,
     n_folds=5, fold=0, folds=None, fold_seed=42, seed=42, age_cuts=[30, 60], fixes=True,
@@ -398,7 +398,7 @@ def main(data:str=None, # Dataset root in the competition layout (default: the e
          bs:int=None, # Batch size [32]
          num_workers:int=None, # DataLoader workers [0 on CPU, fastai's default with CUDA]
          epochs:int=None, # Epochs with the body unfrozen [4]
-         freeze_epochs:int=None, # Epochs training only the head [1]
+         freeze_epochs:int=None, # Epochs training only the head [0]
          lr:float=None, # Peak learning rate [2e-3]
          lr_mult:float=None, # Ratio of head to first-layer learning rate [2]
          wd:float=None, # Weight decay [0.01]

@@ -114,6 +114,14 @@ def test_other_training_options_run(sample, tmp_path):
     assert 1 <= len(pd.read_csv(run/'metrics_unfrozen.csv')) <= 2 and (run/'submission.csv').exists()
 
 
+def test_frozen_epochs_come_first_with_pretrained_weights(sample, tmp_path):
+    cli('--size', '48', '--bs', '16', '--sample-people', '36', '--num-workers', '0', '--n-folds', '3',
+        '--freeze-epochs', '1', '--epochs', '1', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = only_run(tmp_path/'runs')
+    assert len(pd.read_csv(run/'metrics_frozen.csv')) == 1 and len(pd.read_csv(run/'metrics_unfrozen.csv')) == 1
+    assert json.loads((run/'config.json').read_text())['freeze_epochs'] == 1
+
+
 def test_lr_find_saves_its_plot_and_uses_its_suggestion(sample, tmp_path):
     cli(*TINY, '--epochs', '1', '--lr-find', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
     run = only_run(tmp_path/'runs')
