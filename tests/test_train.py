@@ -4,7 +4,9 @@ from multiprocessing import Pool
 from pathlib import Path
 import pandas as pd
 import pytest
-from mask_fastai.train import new_run_dir, resolve_config
+import torch
+from safetensors.torch import load_file
+from mask_fastai.train import new_run_dir, resolve_config, run_dls, run_frame, run_learner
 
 TINY = ['--arch', 'test_efficientnet', '--pretrained', 'false', '--size', '48', '--bs', '16',
         '--sample-people', '36', '--num-workers', '0', '--n-folds', '3']
@@ -115,11 +117,16 @@ def test_other_training_options_run(sample, tmp_path):
 
 
 def test_frozen_epochs_come_first_with_pretrained_weights(sample, tmp_path):
-    cli('--size', '48', '--bs', '16', '--sample-people', '36', '--num-workers', '0', '--n-folds', '3',
-        '--freeze-epochs', '1', '--epochs', '1', '--out', tmp_path/'runs', cwd=tmp_path)
+    small = ['--size', '48', '--bs', '16', '--sample-people', '36', '--num-workers', '0', '--n-folds', '3', '--freeze-epochs', '1']
+    cli(*small, '--epochs', '1', '--out', tmp_path/'runs', cwd=tmp_path)
     run = only_run(tmp_path/'runs')
     assert len(pd.read_csv(run/'metrics_frozen.csv')) == 1 and len(pd.read_csv(run/'metrics_unfrozen.csv')) == 1
-    assert json.loads((run/'config.json').read_text())['freeze_epochs'] == 1
+    cli(*small, '--epochs', '0', '--out', tmp_path/'frozen_only', cwd=tmp_path)
+    cfg = resolve_config(size=48, bs=16, sample_people=36, num_workers=0, n_folds=3)
+    fresh = run_learner(cfg, run_dls(cfg, run_frame(cfg), 0)).model.state_dict()   # the packaged pretrained weights
+    convs = [k for k, v in fresh.items() if k.startswith('0.') and v.ndim == 4]
+    body_kept = lambda r: all(torch.equal(load_file(str(r/'model.safetensors'))[k], fresh[k]) for k in convs)
+    assert convs and body_kept(only_run(tmp_path/'frozen_only')) and not body_kept(run)
 
 
 def test_lr_find_saves_its_plot_and_uses_its_suggestion(sample, tmp_path):
