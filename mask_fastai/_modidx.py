@@ -49,6 +49,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.data.Problems.summary': ('data.html#problems.summary', 'mask_fastai/data.py'),
                                   'mask_fastai.data._find': ('data.html#_find', 'mask_fastai/data.py'),
                                   'mask_fastai.data._fix_table': ('data.html#_fix_table', 'mask_fastai/data.py'),
+                                  'mask_fastai.data._inside': ('data.html#_inside', 'mask_fastai/data.py'),
                                   'mask_fastai.data._profile_photos': ('data.html#_profile_photos', 'mask_fastai/data.py'),
                                   'mask_fastai.data._read_people': ('data.html#_read_people', 'mask_fastai/data.py'),
                                   'mask_fastai.data._resize': ('data.html#_resize', 'mask_fastai/data.py'),

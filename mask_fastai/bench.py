@@ -8,9 +8,9 @@ __all__ = ['START', 'END', 'PlainDataset', 'plain_tfms', 'plain_loader', 'plain_
            'record', 'bench', 'main']
 
 # %% ../nbs/08_bench.ipynb #01e2f904
-import json, os, platform, sys, time, tempfile
+import json, time, tempfile
 from pathlib import Path
-import numpy as np, pandas as pd, torch, timm
+import pandas as pd, torch, timm
 import torchvision.transforms as T
 from PIL import Image
 from fastcore.script import call_parse, is_cli
@@ -20,7 +20,7 @@ from .settings import *
 from .data import *
 from .losses import *
 from .models import pretrained_weights, backbone_stats, photo_probs
-from .runs import Run, config_frame, dataset_root, eval_set, score_eval, environment
+from .runs import config_frame, dataset_root, eval_set, score_eval, environment
 from .train import config_dls, config_learner, train
 
 # %% ../nbs/08_bench.ipynb #30ee184d
@@ -206,5 +206,5 @@ def main(quick:flag=False, # The embedded sample, a few batches, one epoch: abou
          **settings):
     "Measure the kit against a plain PyTorch loop on this machine and record the figures; training settings as for train"
     with cli_errors(debug, 'bench'):
-        flags = {k: v for k, v in given_flags(main).items() if k in TRAIN_DEFAULTS} if is_cli() else settings
+        flags = {k: v for k, v in given_flags(main).items() if k in settings} if is_cli() else settings
         bench(quick or flags.get('data') is None, curve, out or None, runs, n_batches, **flags)

@@ -120,6 +120,10 @@ def add_labels(df, cuts=AGE_CUTS):
 # %% ../nbs/01_data.ipynb #940c0b90
 TRAIN_COLS = ('id', 'gender', 'race', 'age', 'path')
 
+def _inside(p, root) -> bool:
+    "True when `p` (symbolic links followed) lies inside folder `root`"
+    return Path(p).resolve().is_relative_to(Path(root).resolve())
+
 def _find(path, sub, fname):
     "The folder holding `fname` under dataset `path` (either `path/sub` or `path` itself)"
     path = Path(path)
@@ -166,6 +170,8 @@ def read_train(path, # Dataset root holding `train/` (or the `train/` folder)
         except LabelError as e: problems.add('bad value', csv, f'{where}: {e}'); continue
         if pd.isna(pd.to_numeric(p.age, errors='coerce')): problems.add('bad value', csv, f'{where}: age {p.age!r} is not a number'); continue
         folder = images/str(p.path)
+        if not _inside(folder, images) or folder.resolve() == images.resolve():
+            problems.add('bad path', csv, f'{where}: path {p.path!r} leads outside {images}; a path is the name of a profile folder in it'); continue
         if not folder.is_dir(): problems.add('missing folder', folder, f'{folder}: listed in {csv} but missing; restore it or delete its row'); continue
         rows += [dict(path=str(f), id=p.id, gender=g, race=p.race, age=int(p.age), folder=folder.name, stem=s, mask=m)
                  for f, s, m in _profile_photos(folder, problems)]
@@ -188,13 +194,14 @@ def read_eval(path, # Dataset root holding `eval/` (or the `eval/` folder)
     info, problems = pd.read_csv(root/'info.csv', dtype={'ImageID': str}), Problems()
     if 'ImageID' not in info.columns: raise DataError(f"{root/'info.csv'}: missing column ImageID; info.csv needs ImageID,ans")
     info = info[['ImageID']].assign(path=[str(root/'images'/i) for i in info.ImageID])
-    for p in info.path:
-        if not os.path.isfile(p): problems.add('missing image', p, f"{p}: listed in {root/'info.csv'} but missing; restore it")
+    for i, p in zip(info.ImageID, info.path):
+        if not _inside(p, root/'images'): problems.add('bad path', root/'info.csv', f"{root/'info.csv'}: ImageID {i!r} leads outside {root/'images'}; an ImageID is a file name in it")
+        elif not os.path.isfile(p): problems.add('missing image', p, f"{p}: listed in {root/'info.csv'} but missing; restore it")
         elif check != 'none' and (err := check_image(p, full=check == 'full')): problems.add('bad image', p, f'{p}: {err}; replace the file')
     problems.settle(str(root), on_error)
     return info[~info.path.isin(problems.files())].reset_index(drop=True)
 
-# %% ../nbs/01_data.ipynb #4f98638c
+# %% ../nbs/01_data.ipynb #6ff9e02d
 def read_answers(path):
     "The answers of dataset `path`'s eval set (`eval/answers.csv`: ImageID, ans), or None when it has none"
     f = next((d/'answers.csv' for d in (Path(path)/'eval', Path(path)) if (d/'answers.csv').is_file()), None)
@@ -271,7 +278,7 @@ class ImageCache:
         "Cached paths for all `fns`, building the missing ones in parallel"
         return list(parallel(self.build, list(fns), n_workers=n_workers, threadpool=True, progress=False))
 
-# %% ../nbs/01_data.ipynb #b8bb2dae
+# %% ../nbs/01_data.ipynb #76d7df6d
 def with_images(df, # A frame with a `path` column of photos
                 size, # Image size (height, width) of the cached copies
                 method:str='squish', # Resize method of the cached copies

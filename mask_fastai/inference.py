@@ -6,7 +6,7 @@
 __all__ = ['load_run', 'run_probs', 'soft_vote', 'hard_vote', 'score_submission', 'read_oofs', 'apply_plan', 'fit_plan',
            'cv_gain', 'read_plan', 'write_plan', 'check_ensemble', 'ensemble_labels', 'fit_runs_plan', 'predict']
 
-# %% ../nbs/06_inference.ipynb #fb7aba36
+# %% ../nbs/06_inference.ipynb #94c7a764
 import json
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -19,7 +19,7 @@ from .metrics import mask_scores
 from .models import model_from_card, photo_probs
 from .runs import *
 
-# %% ../nbs/06_inference.ipynb #96748341
+# %% ../nbs/06_inference.ipynb #46b9dd0b
 def load_run(run, items, bs:int=64) -> Learner:
     "A fastai `Learner` for run folder `run` from its model card and safetensors, with DataLoaders set up on `items` (a frame with `path`)"
     run = Run(run)
@@ -101,7 +101,7 @@ def cv_gain(probs, labels, groups, n_splits:int=5, **kwargs) -> dict:
         fitted.append(_f1(apply_plan([p[te] for p in probs], plan), labels[te]))
     return dict(plain=float(np.mean(plain)), fitted=float(np.mean(fitted)), gain=float(np.mean(fitted) - np.mean(plain)), splits=len(plain))
 
-# %% ../nbs/06_inference.ipynb #7d67c960
+# %% ../nbs/06_inference.ipynb #57302e78
 def read_plan(plan, n_runs:int) -> dict:
     "An ensemble plan (a dict, or a JSON file from `--fit`) checked against `n_runs` runs"
     src = plan
@@ -121,7 +121,7 @@ def write_plan(plan, fn, force:bool=False) -> Path:
     fn.write_text(json.dumps(plan, indent=2))
     return fn
 
-# %% ../nbs/06_inference.ipynb #c8c19e35
+# %% ../nbs/06_inference.ipynb #9095da92
 def check_ensemble(n_runs:int, vote:str='soft', weights=None, plan=None, fit:bool=False):
     "Refuse combinations of ensemble options that would be ignored or contradict each other"
     if vote not in ('soft', 'hard'): raise ValueError(f"vote must be 'soft' or 'hard', got {vote!r}")

@@ -6,7 +6,6 @@
 __all__ = ['run_interp', 'plot_top_losses', 'per_class_table', 'task_confusion', 'suspects', 'interpret_run', 'main']
 
 # %% ../nbs/07_interpret.ipynb #eeac9367
-import json
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
@@ -38,7 +37,7 @@ def run_interp(run, data=None, bs:int=64) -> ClassificationInterpretation:
     interp.items = df.reset_index(drop=True)
     return interp
 
-# %% ../nbs/07_interpret.ipynb #46da978a
+# %% ../nbs/07_interpret.ipynb #9cafd619
 @fastai.vision.learner.plot_top_losses.dispatch
 def plot_top_losses(x:MaskTensorImage, y:TensorCategory, samples, outs, raws, losses, nrows=None, ncols=None, figsize=None, **kwargs):
     "fastai's top-loss grid with titles that can be read: predicted, actual, then loss and probability"

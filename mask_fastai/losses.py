@@ -6,7 +6,6 @@
 __all__ = ['LOSSES', 'TASK_SPLITS', 'ce_loss', 'focal_loss', 'soft_f1_loss', 'probs18', 'marginals', 'MaskLoss', 'class_weights']
 
 # %% ../nbs/03_losses.ipynb #6d3a7659
-import math
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from .core import *
 

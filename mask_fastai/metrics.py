@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['mask_scores', 'MaskMetric', 'mask_metrics']
 
-# %% ../nbs/03a_metrics.ipynb #fbb59f13
+# %% ../nbs/03a_metrics.ipynb #48bb544e
 import numpy as np, torch
 from fastai.learner import Metric
 from fastai.torch_core import to_detach

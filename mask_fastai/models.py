@@ -134,7 +134,7 @@ def model_from_card(card:dict, weights_file=None):
     if weights_file: learn.model.load_state_dict(load_file(str(weights_file)))
     return learn.model.eval()
 
-# %% ../nbs/02_models.ipynb #80af1646
+# %% ../nbs/02_models.ipynb #89a91478
 def photo_probs(learn, df, # A frame with a `path` column of photos
                 tta:bool=False, # fastai's `tta` instead of `get_preds`
                 size=None, method:str='squish', # Size and resize method of the cached copies the learner was trained on

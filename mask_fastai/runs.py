@@ -6,13 +6,12 @@
 __all__ = ['RUN_FILES', 'CARD_KEYS', 'environment', 'dataset_root', 'config_frame', 'Run', 'prob_frame', 'prob_matrix', 'new_run',
            'score_eval', 'eval_set', 'merge_folds', 'compare_runs', 'md_table', 'main']
 
-# %% ../nbs/04_runs.ipynb #e7f0156a
+# %% ../nbs/04_runs.ipynb #6a5d39e8
 import json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.basics import patch
 from fastcore.foundation import L
-from fastcore.meta import delegates
 from fastcore.script import call_parse
 from .core import *
 from .settings import *
@@ -20,7 +19,7 @@ from .sample import sample_data
 from .data import DataError, read_train, read_eval, read_answers, eval_labels, write_submission, profile_folds
 from .metrics import mask_scores
 
-# %% ../nbs/04_runs.ipynb #631a4a83
+# %% ../nbs/04_runs.ipynb #7678ab50
 RUN_FILES = dict(
     config='config.json',          # the resolved settings (in fold folders too) and the library versions
     card='model.json',             # what rebuilds and feeds the model without pickle
@@ -39,7 +38,7 @@ RUN_FILES = dict(
     interpret='interpret',         # what `python -m mask_fastai.interpret` writes
 )
 
-# %% ../nbs/04_runs.ipynb #5b371427
+# %% ../nbs/04_runs.ipynb #3887a850
 def environment() -> dict:
     "The library versions and device a run or benchmark used"
     import fastai, timm
@@ -67,7 +66,7 @@ def _atomic_write(fn, text:str):
     with tempfile.NamedTemporaryFile('w', dir=fn.parent, suffix='.tmp', delete=False, encoding='utf-8') as f: f.write(text)
     os.replace(f.name, fn)
 
-# %% ../nbs/04_runs.ipynb #c3905a09
+# %% ../nbs/04_runs.ipynb #5629fd94
 class Run:
     "A run folder: the one place that names its files, reads them back and checks them"
     def __init__(self, path): self.path = Path(path)
@@ -96,7 +95,7 @@ class Run:
                    ) .get(self.status, 'this is not a run folder; pass a folder written by mask_fastai.train (for a --folds all run, the run or one of its fold folders)')
         raise FileNotFoundError(f'{f}: missing; {why}')
 
-# %% ../nbs/04_runs.ipynb #a56f2962
+# %% ../nbs/04_runs.ipynb #dc0cd31b
 @patch
 def read_json(self:Run, key:str):
     "The content of JSON file `key`"
@@ -110,7 +109,7 @@ def write_json(self:Run, key:str, obj):
     self.path.mkdir(parents=True, exist_ok=True)
     _atomic_write(self.file(key), json.dumps(obj, indent=2))
 
-# %% ../nbs/04_runs.ipynb #7cc770e3
+# %% ../nbs/04_runs.ipynb #096dd393
 @patch
 def write_config(self:Run, cfg:dict):
     "Save the resolved settings and the versions in use"
@@ -136,7 +135,7 @@ def dataset(self:Run) -> Path:
     "The dataset the run was trained on"
     return dataset_root(self.config())
 
-# %% ../nbs/04_runs.ipynb #1ecc4743
+# %% ../nbs/04_runs.ipynb #9fd6b9bf
 CARD_KEYS = ('arch', 'multitask', 'lin_ftrs', 'ps', 'classes', 'size', 'method', 'mean', 'std', 'age_cuts', 'weights')
 
 @patch
@@ -159,7 +158,7 @@ def weights_file(self:Run) -> Path:
     if not f.is_file(): raise FileNotFoundError(f'{f}: missing; the model card names it')
     return f
 
-# %% ../nbs/04_runs.ipynb #5e474dfa
+# %% ../nbs/04_runs.ipynb #167f4efd
 def prob_frame(probs, **cols) -> pd.DataFrame:
     "`cols` beside one `p<k>` column per class of the 18-class `probs`"
     probs = torch.as_tensor(probs, dtype=torch.float)
@@ -182,7 +181,7 @@ def write_probs(self:Run, key:str, probs, **cols):
     "Write 18-class `probs` beside `cols` as table `key`"
     prob_frame(probs, **cols).to_csv(self.file(key), index=False)
 
-# %% ../nbs/04_runs.ipynb #7b27c5c0
+# %% ../nbs/04_runs.ipynb #1dd46b55
 @patch
 def checkpoint_dir(self:Run) -> Path: return self.file('checkpoints')
 
@@ -212,7 +211,7 @@ def new_run(out, name:str) -> Run:
         except FileExistsError: continue
     raise RuntimeError(f'no free run folder name under {out}')
 
-# %% ../nbs/04_runs.ipynb #504b869e
+# %% ../nbs/04_runs.ipynb #cb5577cd
 def score_eval(probs, eval_df, answers) -> dict:
     "`mask_scores` of eval `probs` (rows in `eval_df` order) against `answers`"
     return mask_scores(probs, eval_labels(eval_df, answers))
@@ -241,7 +240,7 @@ def merge_folds(run:Run, eval_df=None, answers=None) -> dict:
         if score := run.write_eval(probs, eval_df, answers): res['eval'] = score
     return res
 
-# %% ../nbs/04_runs.ipynb #13acaa52
+# %% ../nbs/04_runs.ipynb #a04dbdea
 def _flat(v): return ','.join(map(str, v)) if isinstance(v, (list, tuple)) else v
 
 def _row(run:Run) -> dict:
@@ -270,23 +269,22 @@ def compare_runs(runs, # Run folders, or one folder holding them (such as `runs`
     if changed: df = df.drop(columns=[k for k in df.columns if k in TRAIN_DEFAULTS and df[k].astype(str).nunique() < 2])
     return df.sort_values('valid_macro_f1', ascending=False, na_position='last')
 
-# %% ../nbs/04_runs.ipynb #ee6a49a2
+# %% ../nbs/04_runs.ipynb #b5821892
 def md_table(df) -> str:
     "A markdown table of frame `df`"
     rows = [[f'{v:.4f}' if isinstance(v, float) else '' if v is None else str(v) for v in r] for r in df.itertuples(index=False)]
     return '\n'.join(['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|'*len(df.columns)] + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
-# %% ../nbs/04_runs.ipynb #28020233
+# %% ../nbs/04_runs.ipynb #cf4dedc9
 @call_parse
-def main(runs:str='runs', # A folder of run folders, or one run folder
-         *more:str, # More run folders to compare
+def main(*runs:str, # Run folders, or one folder holding them (default: runs)
          changed:flag=True, # Show only the settings that differ between the runs
          csv:str=None, # Also write the table to this CSV file
          md:str=None, # Also write the table to this markdown file
          debug:flag=False): # Show the full traceback of an error
     "Compare run folders: status, differing settings, validation and dev-eval scores, minutes and size"
     with cli_errors(debug, 'runs'):
-        table = compare_runs([runs, *more], changed)
+        table = compare_runs(list(runs) or ['runs'], changed)
         if csv: table.to_csv(csv)
         if md: Path(md).write_text(md_table(table.reset_index()) + '\n')
         with pd.option_context('display.width', 200, 'display.max_columns', 30): print(table.to_string(float_format=lambda v: f'{v:.4f}'))

@@ -9,7 +9,7 @@ __all__ = ['SKINS', 'HAIR', 'MASKS', 'PHOTOS', 'AGE_RANGES', 'draw_face', 'make_
 import hashlib, shutil, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 from .core import *
 from .settings import cache_dir
 

@@ -7,7 +7,7 @@ __all__ = ['flag', 'TRAIN_DEFAULTS', 'RECORDS', 'cache_dir', 'SettingError', 'to
            'age_cut_pair', 'choice', 'maybe', 'text', 'folder_name', 'timm_arch', 'train_settings', 'load_config',
            'resolve_config', 'given_flags', 'cli_errors']
 
-# %% ../nbs/00a_settings.ipynb #1e8f7673
+# %% ../nbs/00a_settings.ipynb #f3d1a13a
 import argparse, json, math, os, re, sys, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Annotated
 from fastcore.basics import str2bool
 from fastcore.script import anno_parser
 
-# %% ../nbs/00a_settings.ipynb #8e94a5fb
+# %% ../nbs/00a_settings.ipynb #9470e218
 def cache_dir(*parts) -> Path:
     "Folder for the kit's derived files (`$MASK_FASTAI_CACHE`, else `~/.cache/mask_fastai`), with `parts` below it, created"
     root = Path(os.environ.get('MASK_FASTAI_CACHE') or Path.home()/'.cache'/'mask_fastai')
@@ -23,7 +23,7 @@ def cache_dir(*parts) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
-# %% ../nbs/00a_settings.ipynb #4eef4e20
+# %% ../nbs/00a_settings.ipynb #28b7c7b8
 class SettingError(ValueError):
     "A setting of the wrong type or out of range; the message names the flag, or the file and line"
 
@@ -43,7 +43,7 @@ def to_bool(v) -> bool:
 
 flag = Annotated[to_bool, dict(nargs='?', const=True)]   # `--tta`, `--tta true` and `--tta false` all work
 
-# %% ../nbs/00a_settings.ipynb #82ec5bae
+# %% ../nbs/00a_settings.ipynb #729596da
 def _whole(v):
     "`v` as an int when it is a whole number (an int, a float such as 2.0, or a string such as '2')"
     if isinstance(v, bool): raise ValueError
@@ -66,7 +66,7 @@ def number(typ=int, lo=None, hi=None, lo_open:bool=False, hi_open:bool=False):
         return x
     return conv
 
-# %% ../nbs/00a_settings.ipynb #5308a925
+# %% ../nbs/00a_settings.ipynb #1e18be3b
 def numbers(typ=int, n=None, lo=None, hi=None):
     "A converter to a list of `n` (any number when None) values of `number(typ, lo, hi)`, from a list or 'a,b,c'"
     one = number(typ, lo, hi)
@@ -92,7 +92,7 @@ def age_cut_pair(v):
     if cuts[0] >= cuts[1]: _refuse(f'expected two increasing ages, got {v!r}')
     return cuts
 
-# %% ../nbs/00a_settings.ipynb #0d2f531a
+# %% ../nbs/00a_settings.ipynb #bd41e8aa
 def choice(*options):
     "A converter that accepts one of `options`"
     @_named('|'.join(options))
@@ -129,7 +129,7 @@ def timm_arch(v):
     if not timm.is_model(v): _refuse(f'{v!r} is not a timm architecture; timm.list_models() lists them')
     return v
 
-# %% ../nbs/00a_settings.ipynb #ca0bf5b5
+# %% ../nbs/00a_settings.ipynb #446447a4
 def train_settings(
     data:maybe(text)=None, # Dataset root in the competition layout (none: the embedded sample)
     out:text='runs', # Parent folder of the run folders
@@ -185,7 +185,7 @@ def train_settings(
 
 TRAIN_DEFAULTS = train_settings()
 
-# %% ../nbs/00a_settings.ipynb #38e1a289
+# %% ../nbs/00a_settings.ipynb #de29ddeb
 def _converters():
     "Each setting's converter, from `train_settings`' annotations"
     from fastcore.docments import ann_parts
@@ -225,7 +225,7 @@ def _checked(key, value, where):
     try: return conv(value)
     except argparse.ArgumentTypeError as e: raise SettingError(f'{where}: {e}') from None
 
-# %% ../nbs/00a_settings.ipynb #3fa0f935
+# %% ../nbs/00a_settings.ipynb #87dba33c
 def resolve_config(config=None, # A YAML or JSON settings file
                    **flags): # Settings given explicitly (as `train_settings` names them)
     "The declared defaults, updated by the `config` file, updated by `flags`; every value checked"
@@ -237,7 +237,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['epochs'] + cfg['freeze_epochs'] < 1: raise SettingError('--epochs and --freeze-epochs are both 0: nothing would be trained')
     return cfg
 
-# %% ../nbs/00a_settings.ipynb #78c06bba
+# %% ../nbs/00a_settings.ipynb #05524ed4
 def given_flags(func, argv=None) -> dict:
     "The flags of `call_parse` function `func` that `argv` (default: this command line) gives explicitly, converted"
     p = anno_parser(func)
@@ -245,7 +245,7 @@ def given_flags(func, argv=None) -> dict:
     ns, _ = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     return {k: v for k, v in vars(ns).items() if k not in ('pdb', 'xtra')}
 
-# %% ../nbs/00a_settings.ipynb #33734114
+# %% ../nbs/00a_settings.ipynb #94282965
 @contextmanager
 def cli_errors(debug:bool=False, # Re-raise, so the traceback is shown
                prog:str='mask_fastai'): # Name of the command, for the log file

@@ -8,7 +8,7 @@ __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic
            'save_run', 'train_fold', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
-import json, os, random, sys, time, traceback
+import os, random, time, traceback
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
@@ -25,7 +25,7 @@ from .metrics import *
 from .models import *
 from .runs import *
 
-# %% ../nbs/05_train.ipynb #a30735dd
+# %% ../nbs/05_train.ipynb #cedc019c
 OPTIMIZERS = dict(adamw=Adam, adam=partial(Adam, decouple_wd=False), sgd=partial(SGD, mom=0.9))
 
 # %% ../nbs/05_train.ipynb #5b5b4d61
@@ -249,7 +249,7 @@ def _finish(run:Run, res:dict, cfg) -> dict:
         run.drop_checkpoints(); run.file('state').unlink(missing_ok=True)
     return res
 
-# %% ../nbs/05_train.ipynb #f4460148
+# %% ../nbs/05_train.ipynb #8d387d46
 def _check_before_run(cfg):
     "Everything that can be checked before a run folder exists: (cfg with an absolute data path, photos, eval photos, answers)"
     root = dataset_root(cfg)
@@ -312,6 +312,6 @@ def main(config:str=None, # YAML or JSON settings file; flags given here overrid
          **settings):
     "Train a mask/gender/age classifier into a new run folder"
     with cli_errors(debug, 'train'):
-        flags = {k: v for k, v in given_flags(main).items() if k in TRAIN_DEFAULTS} if is_cli() else settings
+        flags = {k: v for k, v in given_flags(main).items() if k in settings} if is_cli() else settings
         if resume and (flags or config): raise SettingError('--resume takes no other settings: a run continues with those in its config.json')
         print(summary_line(train(None if resume else resolve_config(config, **flags), resume=resume)))

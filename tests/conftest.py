@@ -1,12 +1,31 @@
-import os, shutil, tempfile
+import os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
 
-# keep every derived file of the test run (image caches, converted weights, samples) in one throwaway folder
+# keep every derived file of the test run (image caches, converted weights, samples, logs) in one throwaway folder
 os.environ.setdefault('MASK_FASTAI_CACHE', tempfile.mkdtemp(prefix='mask_fastai_test_cache_'))
 os.environ.setdefault('WANDB_MODE', 'disabled')
 
 from mask_fastai.sample import sample_data
+from mask_fastai.settings import resolve_config
+
+# a tiny network on the 36-person sample: the settings of most trained fixtures and CLI tests
+TINY = dict(arch='test_efficientnet', pretrained=False, size=48, bs=16, sample_people=36, num_workers=0, n_folds=3)
+TINY_FLAGS = [a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))]
+
+
+def module(name, *args, cwd, check=True, **kw):
+    "Run `python -m mask_fastai.<name> args` in `cwd`"
+    r = subprocess.run([sys.executable, '-m', f'mask_fastai.{name}', *map(str, args)], cwd=cwd, capture_output=True, text=True, **kw)
+    if check and r.returncode: raise AssertionError(f'{name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
+    return r
+
+
+def only_run(out):
+    "The one run folder under `out`"
+    runs = [p for p in Path(out).iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
 
 
 @pytest.fixture(scope='session')
@@ -19,3 +38,12 @@ def sample():
 def sample_copy(sample, tmp_path):
     "A private copy of the sample that a test may damage"
     return Path(shutil.copytree(sample, tmp_path/'data'))
+
+
+@pytest.fixture(scope='session')
+def tiny_runs(sample, tmp_path_factory):
+    "Three quick runs on the shared sample and folds, differing in seed and head, trained once for the whole session"
+    from mask_fastai.train import train
+    out = tmp_path_factory.mktemp('runs')
+    cfg = resolve_config(out=str(out), epochs=1, **TINY)
+    return [train({**cfg, 'seed': s, 'multitask': s == 2, 'name': f'r{s}'})['run_dir'] for s in (1, 2, 3)]

@@ -1,27 +1,18 @@
-"predict, interpret and bench from the command line, and label-noise suspects on deliberately corrupted sample data."
-import json, shutil, subprocess, sys
+"predict, interpret, bench and runs from the command line, and label-noise suspects on deliberately corrupted sample data."
+import json, shutil
 from pathlib import Path
 import pandas as pd
 import pytest
-from mask_fastai.data import read_eval, check_submission, DataError
+from mask_fastai.data import check_submission, DataError
 from mask_fastai.sample import sample_data
-from mask_fastai.train import resolve_config, train
+from mask_fastai.settings import resolve_config
+from mask_fastai.runs import Run
+from mask_fastai.train import train
 from mask_fastai.interpret import interpret_run
+from conftest import TINY, module, only_run
 
 
-def module(name, *args, cwd, check=True):
-    r = subprocess.run([sys.executable, '-m', f'mask_fastai.{name}', *map(str, args)], cwd=cwd, capture_output=True, text=True)
-    if check and r.returncode: raise AssertionError(f'{name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
-    return r
-
-
-@pytest.fixture(scope='module')
-def tiny_runs(sample, tmp_path_factory):
-    "Three quick runs on the shared sample and folds, differing in seed and head"
-    out = tmp_path_factory.mktemp('runs')
-    cfg = resolve_config(out=str(out), arch='test_efficientnet', pretrained=False, size=48, bs=16, epochs=1,
-                         sample_people=36, num_workers=0, n_folds=3)
-    return [train({**cfg, 'seed': s, 'multitask': s == 2, 'name': f'r{s}'})['run_dir'] for s in (1, 2, 3)]
+def printed_json(r): return json.loads(r.stdout[r.stdout.index('{'):])
 
 
 @pytest.fixture(scope='module')
@@ -31,32 +22,37 @@ def good_run(sample, tmp_path_factory):
     return train(resolve_config(out=str(out), size='96,72', bs=32, epochs=4, sample_people=60, num_workers=0))['run_dir']
 
 
-def test_predict_one_run_and_no_overwrite_without_force(tiny_runs, sample, tmp_path):
-    sub = tmp_path/'submission.csv'
-    r = module('predict', tiny_runs[0], '--out', sub, cwd=tmp_path)
-    res = json.loads(r.stdout[r.stdout.index('{'):])
-    info = pd.read_csv(sample/'eval'/'info.csv')
+def test_predict_one_run_tta_and_no_overwrite_without_force(tiny_runs, sample, tmp_path):
+    sub, info = tmp_path/'submission.csv', pd.read_csv(sample/'eval'/'info.csv')
+    res = printed_json(module('predict', tiny_runs[0], '--out', sub, cwd=tmp_path))
     check_submission(pd.read_csv(sub), info)
-    assert res['n'] == len(info) and 0 <= res['scores']['macro_f1'] <= 1
+    own = pd.read_csv(Run(tiny_runs[0]).file('submission'))
+    assert res['n'] == len(info) and res['tta'] is False and pd.read_csv(sub).ans.tolist() == own.ans.tolist()
     before = sub.read_bytes()
     r = module('predict', tiny_runs[0], '--out', sub, cwd=tmp_path, check=False)
-    assert r.returncode != 0 and 'pass --force' in r.stderr and sub.read_bytes() == before
-    module('predict', tiny_runs[0], '--out', sub, '--force', '--tta', cwd=tmp_path)
+    assert r.returncode == 2 and 'pass --force true' in r.stderr and sub.read_bytes() == before
+    res = printed_json(module('predict', tiny_runs[0], '--out', sub, '--force', 'true', '--tta', 'true', cwd=tmp_path))
+    assert res['tta'] is True
     check_submission(pd.read_csv(sub), info)
 
 
 def test_predict_ensembles_three_runs_soft_hard_and_fitted(tiny_runs, sample, tmp_path):
     info = pd.read_csv(sample/'eval'/'info.csv')
-    for extra in ([], ['--vote', 'hard'], ['--weights', '1,2,1'], ['--fit']):
+    for extra in ([], ['--vote', 'hard'], ['--weights', '1,2,1'], ['--fit', 'true']):
         sub = tmp_path/f"sub{'_'.join(extra)}.csv"
         r = module('predict', *tiny_runs, '--out', sub, *extra, cwd=tmp_path)
         check_submission(pd.read_csv(sub), info)
-    res = json.loads(r.stdout[r.stdout.index('{'):])
+    res = printed_json(r)
     assert set(res['oof_cv']) >= {'plain', 'fitted', 'gain'}
-    plan = json.loads(sub.with_suffix('.plan.json').read_text())
-    assert len(plan['weights']) == 3 and len(plan['biases']) == 18
-    module('predict', *tiny_runs, '--out', tmp_path/'again.csv', '--plan', sub.with_suffix('.plan.json'), cwd=tmp_path)
+    plan_file = sub.with_suffix('.plan.json')
+    plan = json.loads(plan_file.read_text())
+    assert len(plan['weights']) == 3 and len(plan['biases']) == 18 and res['plan_file'] == str(plan_file)
+    module('predict', *tiny_runs, '--out', tmp_path/'again.csv', '--plan', plan_file, cwd=tmp_path)
     assert pd.read_csv(tmp_path/'again.csv').ans.tolist() == pd.read_csv(sub).ans.tolist()
+    r = module('predict', *tiny_runs, '--out', tmp_path/'other.csv', '--plan', plan_file, '--vote', 'hard', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and 'drop --vote hard' in r.stderr and not (tmp_path/'other.csv').exists()
+    r = module('predict', *tiny_runs[:2], '--out', tmp_path/'other.csv', '--plan', plan_file, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and 'a plan for 2 run(s)' in r.stderr
 
 
 def test_submission_checks_reject_bad_files(sample):
@@ -69,11 +65,29 @@ def test_submission_checks_reject_bad_files(sample):
 
 def test_interpret_cli_writes_its_files(tiny_runs, tmp_path):
     r = module('interpret', tiny_runs[1], '--k', 4, cwd=tmp_path)
-    out = Path(tiny_runs[1])/'interpret'
+    out = Run(tiny_runs[1]).file('interpret')
     assert str(out) in r.stdout
     for f in ('top_losses.png', 'confusion_18.png', 'confusion_tasks.png', 'per_class.csv', 'most_confused.csv', 'suspects.csv', 'report.md'):
         assert (out/f).stat().st_size > 0, f
     assert len(pd.read_csv(out/'per_class.csv')) == 18
+
+
+def test_fold_folders_predict_and_interpret_with_their_own_data(tmp_path):
+    "A fold folder of a --folds all run names its own dataset and fold, so neither falls back to a default"
+    out = tmp_path/'runs'
+    module('train', *[a for k, v in {**TINY, 'sample_people': 30}.items() for a in (f"--{k.replace('_', '-')}", str(v).lower())],
+           '--epochs', '1', '--folds', 'all', '--out', out, cwd=tmp_path)
+    run = Run(only_run(out))
+    fold = run.fold_runs()[1]
+    data = sample_data(n_people=30)
+    assert fold.config()['fold'] == 1 and fold.dataset() == data
+    res = printed_json(module('predict', fold.path, '--out', tmp_path/'sub.csv', cwd=tmp_path))
+    assert res['n'] == len(pd.read_csv(data/'eval'/'info.csv'))
+    module('interpret', fold.path, '--k', 2, cwd=tmp_path)
+    per_class = pd.read_csv(fold.file('interpret')/'per_class.csv')
+    assert per_class.support.sum() == len(fold.read_probs('oof'))          # the fold's own validation photos
+    r = module('runs', out, '--changed', 'false', cwd=tmp_path)
+    assert run.name in r.stdout and 'finished' in r.stdout
 
 
 def test_suspects_rank_corrupted_people_near_the_top(good_run, tmp_path):
@@ -96,7 +110,7 @@ def test_suspects_rank_corrupted_people_near_the_top(good_run, tmp_path):
 def test_bench_quick_records_its_section(sample, tmp_path):
     md = tmp_path/'BENCHMARKS.md'
     md.write_text('# Benchmarks\n\nHand-written notes stay.\n')
-    module('bench', '--quick', '--out', md, '--runs', tmp_path/'runs', cwd=tmp_path)
+    module('bench', '--quick', 'true', '--out', md, '--runs', tmp_path/'runs', cwd=tmp_path)
     text = md.read_text()
     assert 'Hand-written notes stay.' in text and '<!-- bench:start -->' in text and '| training img/s |' in text
-    assert '| mask_fastai minutes | macro F1 |' in text
+    assert '| mask_fastai minutes | macro F1 |' in text and '`python -m mask_fastai.bench --quick true`' in text

@@ -1,4 +1,4 @@
-"The training CLI end to end on the sample: run folders, config precedence, resume after a kill, bad paths."
+"The training CLI end to end on the sample: run folders, config precedence, resume after a kill, bad paths and settings."
 import json, os, signal, subprocess, sys, time
 from multiprocessing import Pool
 from pathlib import Path
@@ -6,131 +6,160 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from mask_fastai.train import new_run_dir, resolve_config, run_dls, run_frame, run_learner
-
-TINY = ['--arch', 'test_efficientnet', '--pretrained', 'false', '--size', '48', '--bs', '16',
-        '--sample-people', '36', '--num-workers', '0', '--n-folds', '3']
-
-
-def cli(*args, cwd, check=True, **kw):
-    "Run `python -m mask_fastai.train` with `args` in `cwd`"
-    r = subprocess.run([sys.executable, '-m', 'mask_fastai.train', *map(str, args)], cwd=cwd, capture_output=True, text=True, **kw)
-    if check and r.returncode: raise AssertionError(f'train failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
-    return r
+from mask_fastai.settings import resolve_config
+from mask_fastai.runs import Run, new_run, config_frame
+from mask_fastai.train import config_dls, config_learner
+from mask_fastai.inference import score_submission
+from conftest import TINY_FLAGS, module, only_run
 
 
-def only_run(out):
-    runs = [p for p in Path(out).iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
+def cli(*args, cwd, check=True, **kw): return module('train', *args, cwd=cwd, check=check, **kw)
 
 
 def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
-    r = cli(*TINY, '--epochs', '2', '--multitask', 'true', '--mixup', '0.4', '--halfmix', '0.5', '--loss', 'focal',
-            '--class-weighted', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
-    run = only_run(tmp_path/'runs')
-    assert f'run {run} |' in r.stdout.splitlines()[-1] and 'dev-eval macro F1' in r.stdout
-    for f in ('config.json', 'model.safetensors', 'model.json', 'export.pkl', 'confusion_matrix.png', 'oof.csv',
-              'eval_probs.csv', 'submission.csv', 'metrics_unfrozen.csv', 'summary.json'):
-        assert (run/f).stat().st_size > 0, f
-    card = json.loads((run/'model.json').read_text())
+    r = cli(*TINY_FLAGS, '--epochs', '2', '--multitask', 'true', '--mixup', '0.4', '--halfmix', '0.5', '--loss', 'focal',
+            '--class-weighted', 'true', '--tta', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = Run(only_run(tmp_path/'runs'))
+    assert f'run {run.path} |' in r.stdout.splitlines()[-1] and 'dev-eval macro F1' in r.stdout
+    for key in ('config', 'weights', 'card', 'export', 'confusion', 'oof', 'eval_probs', 'submission', 'summary'):
+        assert run.file(key).stat().st_size > 0, key
+    assert not run.checkpoint_dir().exists() and not run.has('state')      # checkpoints go once the run has finished
+    card = run.card()
     assert card['multitask'] and card['label_mode'] == 'multitask' and len(card['classes']) == 18 and card['size'] == [48, 48]
-    assert len(pd.read_csv(run/'metrics_unfrozen.csv')) == 2
-    oof = pd.read_csv(run/'oof.csv', dtype={'id': str})
+    assert len(pd.read_csv(run.metrics_file('unfrozen'))) == 2
+    oof = run.read_probs('oof')
     assert oof.fold.unique().tolist() == [0] and abs(oof.filter(regex=r'^p\d+$').sum(axis=1) - 1).max() < 1e-4
     info = pd.read_csv(sample/'eval'/'info.csv')
-    sub = pd.read_csv(run/'submission.csv')
+    sub = pd.read_csv(run.file('submission'))
     assert sub.ImageID.tolist() == info.ImageID.tolist() and sub.ans.between(0, 17).all()
-    summary = json.loads((run/'summary.json').read_text())
-    assert 0 <= summary['eval']['macro_f1'] <= 1 and json.loads((run/'config.json').read_text())['mixup'] == 0.4
+    cfg = run.config()
+    assert (cfg['mixup'], cfg['tta'], cfg['loss'], cfg['multitask']) == (0.4, True, 'focal', True)
+    answers = pd.read_csv(sample/'eval'/'answers.csv', dtype={'ImageID': str})
+    assert run.read_json('summary')['eval']['macro_f1'] == pytest.approx(score_submission(sub, answers)['macro_f1'])
 
 
 def test_config_file_sets_defaults_and_flags_override(sample, tmp_path):
     (tmp_path/'c.yaml').write_text('epochs: 1\nbs: 8\nlr: 0.01\nmethod: pad\n')
-    cli(*TINY, '--config', tmp_path/'c.yaml', '--out', tmp_path/'runs', '--method', 'crop', cwd=tmp_path)
-    cfg = json.loads((only_run(tmp_path/'runs')/'config.json').read_text())
+    cli(*TINY_FLAGS, '--config', tmp_path/'c.yaml', '--out', tmp_path/'runs', '--method', 'crop', cwd=tmp_path)
+    cfg = Run(only_run(tmp_path/'runs')).config()
     assert (cfg['epochs'], cfg['lr'], cfg['method']) == (1, 0.01, 'crop')   # file value, file value, flag over file
-    assert cfg['bs'] == 16                                                  # flag (in TINY) over file
+    assert cfg['bs'] == 16                                                  # flag (in TINY_FLAGS) over file
     assert resolve_config(tmp_path/'c.yaml')['bs'] == 8
 
 
 def test_resume_continues_a_killed_run(sample, tmp_path):
-    args = [*TINY, '--epochs', '6', '--size', '64', '--out', tmp_path/'runs']
+    args = [*TINY_FLAGS, '--epochs', '6', '--size', '64', '--out', tmp_path/'runs']
     p = subprocess.Popen([sys.executable, '-m', 'mask_fastai.train', *map(str, args)], cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, run = time.time() + 300, None
     while time.time() < deadline and p.poll() is None:
-        runs = list((tmp_path/'runs').glob('*/state.json'))
-        if runs and json.loads(runs[0].read_text() or '{}').get('epoch', -1) >= 1: run = runs[0].parent; break
+        states = list((tmp_path/'runs').glob('*/state.json'))
+        if states and json.loads(states[0].read_text() or '{}').get('epoch', -1) >= 1: run = Run(states[0].parent); break
         time.sleep(0.05)
     assert run is not None and p.poll() is None, 'the run ended before it could be killed'
     p.send_signal(signal.SIGKILL); p.wait()
-    assert not (run/'summary.json').exists()
-    done = json.loads((run/'state.json').read_text())['epoch']
+    assert run.status == 'unfinished'
+    done = run.read_json('state')['epoch']
     assert done < 5
-    cli('--resume', run, cwd=tmp_path)
-    log = pd.read_csv(run/'metrics_unfrozen.csv')
+    cli('--resume', run.path, cwd=tmp_path)
+    log = pd.read_csv(run.metrics_file('unfrozen'))
     assert log.epoch.tolist() == list(range(6)), log      # epochs before the kill kept, the rest appended once
-    assert (run/'summary.json').exists() and (run/'submission.csv').exists()
-    assert len([p for p in (tmp_path/'runs').iterdir()]) == 1
+    assert run.status == 'finished' and run.has('submission')
+    assert len(list((tmp_path/'runs').iterdir())) == 1
+    summary = run.file('summary').read_bytes()
+    r = cli('--resume', run.path, cwd=tmp_path)            # a finished run is left as it is
+    assert run.file('summary').read_bytes() == summary and 'valid macro F1' in r.stdout
+    r = cli('--resume', run.path, '--epochs', '9', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and '--resume takes no other settings' in r.stderr
 
 
 def test_runs_never_share_a_folder(tmp_path):
-    with Pool(4) as pool: dirs = pool.starmap(new_run_dir, [(tmp_path, 'same')]*16)
-    assert len(set(dirs)) == 16 and all(Path(d).is_dir() for d in dirs)
+    with Pool(4) as pool: runs = pool.starmap(new_run, [(tmp_path, 'same')]*16)
+    assert len({r.path for r in runs}) == 16 and all(r.path.is_dir() for r in runs)
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
     r = cli('--data', tmp_path/'nope', '--out', tmp_path/'runs', cwd=tmp_path, check=False)
-    assert r.returncode != 0 and f"{tmp_path/'nope'}: dataset folder not found" in r.stderr
+    assert r.returncode == 2 and f"{tmp_path/'nope'}: dataset folder not found" in r.stderr
     assert not (tmp_path/'runs').exists() or not any((tmp_path/'runs').iterdir())
 
 
 def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     r = cli('--arch', 'convnext_atto', '--sample-people', '36', '--out', tmp_path/'runs', cwd=tmp_path, check=False)
-    assert r.returncode != 0 and '--weights FILE' in r.stderr and '--pretrained false' in r.stderr
+    assert r.returncode == 2 and '--weights FILE' in r.stderr and '--pretrained false' in r.stderr
+    assert not (tmp_path/'runs').exists()                  # refused before a run folder was made
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--epochs', '0'], 'nothing would be trained'),
+    (['--lr', '-1'], "argument --lr: must be > 0 and <= 10, got '-1'"),
+    (['--bs', '0'], "argument --bs: must be >= 1, got '0'"),
+    (['--size', '0'], "argument --size: must be >= 16 and <= 2048, got '0'"),
+    (['--epochs', 'two'], "argument --epochs: expected a whole number >= 0, got 'two'"),
+    (['--folds', 'all', '--fold', '2'], '--fold and --folds all exclude each other'),
+    (['--fold', '3'], 'not a fold of --n-folds 3'),
+    (['--opt', 'lamb'], 'expected one of adamw, adam, sgd'),
+    (['--oversample', 'people'], 'expected one of class, age'),
+    (['--arch', 'hf-hub:timm/resnet18'], 'not a hub or file path'),
+    (['--name', '../../escape'], 'plain folder name'),
+    (['--age-cuts', '60,30'], 'two increasing ages'),
+    (['--tta', 'maybe'], "expected true or false, got 'maybe'"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
+    r = cli('--n-folds', '3', *args, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'runs').exists()
+
+
+@pytest.mark.parametrize('name, text, message', [
+    ('c.yaml', 'epochs: 2\nbs: two\n', 'c.yaml:2: bs: expected a whole number >= 1'),
+    ('c.yaml', 'epochs: [2\n', 'c.yaml:2: YAML syntax error'),
+    ('c.yaml', 'epoch: 2\n', 'c.yaml:1: epoch: unknown setting'),
+    ('c.json', '{"epochs": 2,,}', 'c.json:1: JSON syntax error'),
+    ('c.json', '[1, 2]', 'a config file holds a mapping'),
+])
+def test_bad_config_files_name_the_file_and_line(tmp_path, name, text, message):
+    (tmp_path/name).write_text(text)
+    r = cli('--config', tmp_path/name, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert not (tmp_path/'runs').exists()
 
 
 def test_folds_all_merges_out_of_fold_predictions(sample, tmp_path):
-    r = cli(*TINY, '--epochs', '1', '--folds', 'all', '--out', tmp_path/'runs', cwd=tmp_path)
-    run = only_run(tmp_path/'runs')
-    oof = pd.read_csv(run/'oof.csv', dtype={'id': str})
+    r = cli(*TINY_FLAGS, '--epochs', '1', '--folds', 'all', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = Run(only_run(tmp_path/'runs'))
+    oof = run.read_probs('oof')
     assert sorted(oof.fold.unique()) == [0, 1, 2] and len(oof) == 36*7 and oof.path.is_unique
-    assert 'out-of-fold macro F1' in r.stdout and (run/'submission.csv').exists()
-    assert all((run/f'fold{k}'/'model.safetensors').exists() for k in range(3))
+    assert 'out-of-fold macro F1' in r.stdout and run.has('submission')
+    folds = run.fold_runs()
+    assert [f.config()['fold'] for f in folds] == [0, 1, 2] and all(f.status == 'finished' for f in folds)
+    assert run.read_json('summary')['minutes'] == pytest.approx(sum(f.read_json('summary')['minutes'] for f in folds), abs=0.02)
 
 
 def test_wandb_offline_needs_no_login(sample, tmp_path):
     env = {**os.environ, 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
     env.pop('WANDB_API_KEY', None)
-    cli(*TINY, '--epochs', '1', '--wandb', 'true', '--out', tmp_path/'runs', cwd=tmp_path, env=env)
+    cli(*TINY_FLAGS, '--epochs', '1', '--wandb', 'true', '--out', tmp_path/'runs', cwd=tmp_path, env=env)
     run = only_run(tmp_path/'runs')
     assert list((run/'wandb').glob('offline-run-*')), 'wandb wrote no offline run'
-
-
-def test_other_training_options_run(sample, tmp_path):
-    cli(*TINY, '--epochs', '2', '--cutmix', '1.0', '--accum', '2', '--early-stop', '1', '--oversample', 'class',
-        '--opt', 'sgd', '--loss', 'softf1', '--smoothing', '0.1', '--lin-ftrs', '32', '--xavier', 'true',
-        '--out', tmp_path/'runs', cwd=tmp_path)
-    run = only_run(tmp_path/'runs')
-    assert 1 <= len(pd.read_csv(run/'metrics_unfrozen.csv')) <= 2 and (run/'submission.csv').exists()
 
 
 def test_frozen_epochs_come_first_with_pretrained_weights(sample, tmp_path):
     small = ['--size', '48', '--bs', '16', '--sample-people', '36', '--num-workers', '0', '--n-folds', '3', '--freeze-epochs', '1']
     cli(*small, '--epochs', '1', '--out', tmp_path/'runs', cwd=tmp_path)
-    run = only_run(tmp_path/'runs')
-    assert len(pd.read_csv(run/'metrics_frozen.csv')) == 1 and len(pd.read_csv(run/'metrics_unfrozen.csv')) == 1
+    run = Run(only_run(tmp_path/'runs'))
+    assert len(pd.read_csv(run.metrics_file('frozen'))) == 1 and len(pd.read_csv(run.metrics_file('unfrozen'))) == 1
+    assert run.size_mb() < 40                               # the default backbone's weights are kept once (plus the export)
     cli(*small, '--epochs', '0', '--out', tmp_path/'frozen_only', cwd=tmp_path)
     cfg = resolve_config(size=48, bs=16, sample_people=36, num_workers=0, n_folds=3)
-    fresh = run_learner(cfg, run_dls(cfg, run_frame(cfg), 0)).model.state_dict()   # the packaged pretrained weights
+    fresh = config_learner(cfg, config_dls(cfg, config_frame(cfg), 0)).model.state_dict()   # the packaged pretrained weights
     convs = [k for k, v in fresh.items() if k.startswith('0.') and v.ndim == 4]
-    body_kept = lambda r: all(torch.equal(load_file(str(r/'model.safetensors'))[k], fresh[k]) for k in convs)
-    assert convs and body_kept(only_run(tmp_path/'frozen_only')) and not body_kept(run)
+    body_kept = lambda r: all(torch.equal(load_file(str(Path(r)/'model.safetensors'))[k], fresh[k]) for k in convs)
+    assert convs and body_kept(only_run(tmp_path/'frozen_only')) and not body_kept(run.path)
 
 
 def test_lr_find_saves_its_plot_and_uses_its_suggestion(sample, tmp_path):
-    cli(*TINY, '--epochs', '1', '--lr-find', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
-    run = only_run(tmp_path/'runs')
-    assert (run/'lr_find.png').stat().st_size > 0
-    assert json.loads((run/'config.json').read_text())['lr'] != 2e-3
+    cli(*TINY_FLAGS, '--epochs', '1', '--lr-find', 'true', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = Run(only_run(tmp_path/'runs'))
+    assert run.file('lr_find').stat().st_size > 0
+    assert run.config()['lr'] != 2e-3

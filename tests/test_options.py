@@ -1,0 +1,93 @@
+"Each training option has its effect on what is built or computed: checked on the learner and loaders, without training."
+import pytest, torch
+from fastai.vision.all import MixUp, CutMix, GradientAccumulation, ChannelsLast, Resize
+from mask_fastai.settings import resolve_config
+from mask_fastai.runs import config_frame
+from mask_fastai.losses import class_weights
+from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, HalfMix
+from conftest import TINY
+
+
+@pytest.fixture(scope='module')
+def frame(sample): return config_frame(resolve_config(**TINY))
+
+
+def build(frame, **opts):
+    "The config and learner of `TINY` with `opts`, from the same random state"
+    cfg = resolve_config(**{**TINY, **opts})
+    torch.manual_seed(0)
+    return cfg, config_learner(cfg, config_dls(cfg, frame, 0))
+
+
+def linears(learn): return [m for m in learn.model[1].modules() if isinstance(m, torch.nn.Linear)]
+def logits_and_targets(): return torch.tensor([[4., 1.] + [0.]*16, [0., 3.] + [1.]*16]), torch.tensor([0, 5])
+
+
+def test_xavier_changes_the_head_initialisation(frame):
+    w_kaiming, w_xavier = linears(build(frame)[1])[-1].weight, linears(build(frame, xavier=True)[1])[-1].weight
+    bound = (6/sum(w_xavier.shape))**.5
+    assert w_xavier.abs().max() <= bound + 1e-6 < w_kaiming.abs().max()
+
+
+def test_smoothing_and_loss_kind_change_the_loss_value(frame):
+    x, y = logits_and_targets()
+    ce, smooth = build(frame)[1].loss_func(x, y), build(frame, smoothing=0.2)[1].loss_func(x, y)
+    assert smooth > ce + 0.1
+    for kind in ('focal', 'softf1'):
+        loss = build(frame, loss=kind)[1].loss_func
+        assert loss.kind == kind and abs(loss(x, y) - ce) > 0.05
+
+
+def test_class_weighted_uses_inverse_frequency_weights(frame):
+    learn = build(frame, class_weighted=True)[1]
+    torch.testing.assert_close(learn.loss_func.weight, torch.tensor(class_weights(learn.dls.train_ds.items.label)))
+    assert build(frame)[1].loss_func.weight is None
+
+
+def test_oversampling_changes_the_age_bands_drawn(frame):
+    old = frame[frame.age_band == 2].id.unique()
+    skewed = frame[(frame.age_band != 2) | frame.id.isin(old[:2])]    # few old people left
+    cfg = resolve_config(**{**TINY, 'bs': 32})
+    share = lambda dls: (torch.cat([y for _, y in dls.train]) % 3 == 2).float().mean().item()
+    torch.manual_seed(0)
+    plain, over = share(config_dls(cfg, skewed, 0)), share(config_dls({**cfg, 'oversample': 'age'}, skewed, 0))
+    assert over > 2*plain and over > 0.2
+
+
+def test_mixing_and_accumulation_callbacks(frame):
+    cbs = {type(c): c for c in train_cbs(resolve_config(**TINY, mixup=0.4, cutmix=1.0, halfmix=0.5, accum=2))}
+    assert cbs[MixUp].distrib.concentration1.item() == pytest.approx(0.4) and cbs[CutMix].distrib.concentration1.item() == 1.
+    assert cbs[HalfMix].p == 0.5 and cbs[GradientAccumulation].n_acc == 32
+    assert train_cbs(resolve_config(**TINY)) == []
+
+
+def test_halfmix_swaps_only_the_right_half_within_a_class():
+    x = torch.arange(4.)[:, None, None, None].expand(4, 3, 2, 4).clone()
+    y = torch.tensor([1, 1, 2, 2])
+    mix = HalfMix(p=1.)
+    mix.learn = type('L', (), dict(xb=(x,), yb=(y,)))()
+    torch.manual_seed(3)
+    mix.before_batch()
+    out = mix.learn.xb[0]
+    assert torch.equal(out[..., :2], x[..., :2])
+    assert set(out[:2, 0, 0, 2].tolist()) <= {0., 1.} and set(out[2:, 0, 0, 2].tolist()) <= {2., 3.}
+
+
+def test_head_optimizer_and_schedule_options(frame):
+    cfg, learn = build(frame, opt='sgd', lin_ftrs=[32], multitask=True, ps=0.2)
+    learn.create_opt()
+    assert 'mom' in learn.opt.hypers[0] and 'sqr_mom' not in learn.opt.hypers[0]
+    assert any(m.out_features == 32 for m in linears(learn))
+    assert learn.model(learn.dls.one_batch()[0]).shape[1] == 8          # mask 3 + gender 2 + age 3
+    assert learn.model[1].heads[0][-2].p == 0.2                         # the dropout before each head's last layer
+    top = phase_fit_args(resolve_config(lr=1e-3, lr_mult=4), 'unfrozen')['lr_max']
+    assert (top.start, top.stop) == (2.5e-4, 1e-3)
+
+
+def test_size_method_and_channels_last(frame):
+    learn = build(frame, size='40,32', method='pad', channels_last=False)[1]
+    assert learn.dls.one_batch()[0].shape[-2:] == (40, 32)
+    resize = [t for t in learn.dls.valid.after_item.fs if isinstance(t, Resize)][0]
+    assert resize.method == 'pad'
+    assert not any(isinstance(c, ChannelsLast) for c in learn.cbs)
+    assert any(isinstance(c, ChannelsLast) for c in build(frame)[1].cbs)
