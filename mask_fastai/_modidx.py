@@ -190,7 +190,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'mask_fastai.sample.sample_data': ('sample.html#sample_data', 'mask_fastai/sample.py')},
             'mask_fastai.settings': { 'mask_fastai.settings.SettingError': ('settings.html#settingerror', 'mask_fastai/settings.py'),
                                       'mask_fastai.settings._checked': ('settings.html#_checked', 'mask_fastai/settings.py'),
-                                      'mask_fastai.settings._converters': ('settings.html#_converters', 'mask_fastai/settings.py'),
                                       'mask_fastai.settings._line': ('settings.html#_line', 'mask_fastai/settings.py'),
                                       'mask_fastai.settings._named': ('settings.html#_named', 'mask_fastai/settings.py'),
                                       'mask_fastai.settings._refuse': ('settings.html#_refuse', 'mask_fastai/settings.py'),

@@ -271,8 +271,8 @@ def _complete(run:Run, cfg, df, eval_df, answers) -> dict:
     if cfg['folds'] != 'all': return _finish(run, train_fold(cfg, df, cfg['fold'], run, state(run), eval_df, answers), cfg)
     for k, fold_run in enumerate(run.fold_runs()):
         if fold_run.status == 'finished': continue
-        fold_cfg = {**cfg, 'folds': None, 'fold': k}
-        if not fold_run.has('config'): fold_run.write_config(fold_cfg)
+        if not fold_run.has('config'): fold_run.write_config({**cfg, 'folds': None, 'fold': k})
+        fold_cfg = fold_run.config()   # what the fold was started with, an lr_find result included
         _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers), cfg)
     res = merge_folds(run, eval_df, answers)
     return _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
