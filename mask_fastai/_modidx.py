@@ -47,9 +47,11 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.data.Problems.files': ('data.html#problems.files', 'mask_fastai/data.py'),
                                   'mask_fastai.data.Problems.settle': ('data.html#problems.settle', 'mask_fastai/data.py'),
                                   'mask_fastai.data.Problems.summary': ('data.html#problems.summary', 'mask_fastai/data.py'),
+                                  'mask_fastai.data._clean': ('data.html#_clean', 'mask_fastai/data.py'),
                                   'mask_fastai.data._find': ('data.html#_find', 'mask_fastai/data.py'),
                                   'mask_fastai.data._fix_table': ('data.html#_fix_table', 'mask_fastai/data.py'),
                                   'mask_fastai.data._inside': ('data.html#_inside', 'mask_fastai/data.py'),
+                                  'mask_fastai.data._names': ('data.html#_names', 'mask_fastai/data.py'),
                                   'mask_fastai.data._profile_photos': ('data.html#_profile_photos', 'mask_fastai/data.py'),
                                   'mask_fastai.data._read_people': ('data.html#_read_people', 'mask_fastai/data.py'),
                                   'mask_fastai.data._resize': ('data.html#_resize', 'mask_fastai/data.py'),
@@ -64,6 +66,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.data.open_image': ('data.html#open_image', 'mask_fastai/data.py'),
                                   'mask_fastai.data.profile_folds': ('data.html#profile_folds', 'mask_fastai/data.py'),
                                   'mask_fastai.data.read_answers': ('data.html#read_answers', 'mask_fastai/data.py'),
+                                  'mask_fastai.data.read_csv_checked': ('data.html#read_csv_checked', 'mask_fastai/data.py'),
                                   'mask_fastai.data.read_eval': ('data.html#read_eval', 'mask_fastai/data.py'),
                                   'mask_fastai.data.read_train': ('data.html#read_train', 'mask_fastai/data.py'),
                                   'mask_fastai.data.sample_weights': ('data.html#sample_weights', 'mask_fastai/data.py'),
@@ -250,4 +253,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train.summary_line': ('train.html#summary_line', 'mask_fastai/train.py'),
                                    'mask_fastai.train.train': ('train.html#train', 'mask_fastai/train.py'),
                                    'mask_fastai.train.train_cbs': ('train.html#train_cbs', 'mask_fastai/train.py'),
-                                   'mask_fastai.train.train_fold': ('train.html#train_fold', 'mask_fastai/train.py')}}}
+                                   'mask_fastai.train.train_fold': ('train.html#train_fold', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.trim_logs': ('train.html#trim_logs', 'mask_fastai/train.py')}}}

@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['LABEL_FIXES', 'TRAIN_COLS', 'DataError', 'Problems', 'open_image', 'MaskTensorImage', 'MaskImage', 'check_image',
-           'apply_fixes', 'add_labels', 'read_train', 'read_eval', 'read_answers', 'eval_labels', 'check_submission',
-           'write_submission', 'profile_folds', 'ImageCache', 'with_images', 'mask_tfms', 'mask_block',
-           'sample_weights', 'mask_dls']
+           'apply_fixes', 'add_labels', 'read_csv_checked', 'read_train', 'read_eval', 'read_answers', 'eval_labels',
+           'check_submission', 'write_submission', 'profile_folds', 'ImageCache', 'with_images', 'mask_tfms',
+           'mask_block', 'sample_weights', 'mask_dls']
 
 # %% ../nbs/01_data.ipynb #59916865
-import os, hashlib, warnings, tempfile
+import os, hashlib, unicodedata, warnings, tempfile
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageOps
@@ -38,7 +38,7 @@ class Problems(L):
         "Raise a `DataError` listing the problems (`on_error='raise'`), or warn with their count (`'skip'`)"
         if not self: return
         if on_error == 'raise':
-            raise DataError(f"{what}: {self.summary()}\nFix them, or pass on_error='skip' to leave the photos concerned out (they will be counted).")
+            raise DataError(f"{what}: {self.summary()}\nFix them, or pass on_error='skip' (--on-error skip) to leave the photos concerned out (they will be counted).")
         if on_error != 'skip': raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         warnings.warn(f"{what}: skipped what these concern. {self.summary()}")
 
@@ -46,6 +46,9 @@ class Problems(L):
 def open_image(fn) -> Image.Image:
     "Photo `fn` as an upright RGB PIL image: EXIF orientation applied, grey/palette/alpha converted"
     im = ImageOps.exif_transpose(Image.open(fn))
+    if im.mode in ('I', 'I;16', 'I;16B', 'I;16L'):   # 16-bit grey: scale to 8 bits rather than clip to white
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray((a/257 if a.max() > 255 else a).clip(0, 255).astype(np.uint8), 'L')
     if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
         im = im.convert('RGBA'); bg = Image.new('RGB', im.size); bg.paste(im, mask=im.getchannel('A')); return bg
     return im.convert('RGB')
@@ -91,8 +94,12 @@ def _fix_table(fixes):
 
 def apply_fixes(df, fixes=True, cuts=AGE_CUTS):
     "Copy of the photo frame `df` with the label `fixes` applied and recorded in `attrs['fixes']`"
-    df, done = df.copy(), []
-    for r in _fix_table(fixes).itertuples():
+    df, done, table = df.copy(), [], _fix_table(fixes)
+    df.attrs['fixes_note'] = ''
+    if fixes is True and (absent := sorted(set(table.id) - set(df.id))):
+        df.attrs['fixes_note'] = f"built-in label fixes not applied: this is not the competition's dataset ({len(absent)} of their ids are absent, such as {absent[0]})"
+        table = table.iloc[:0]
+    for r in table.itertuples():
         rows = df.id == r.id
         if not rows.any(): continue
         if r.field == 'gender': df.loc[rows, 'gender'] = gender_code(r.value)
@@ -103,8 +110,8 @@ def apply_fixes(df, fixes=True, cuts=AGE_CUTS):
             ma, mb = df.loc[sa, 'mask'].tolist(), df.loc[sb, 'mask'].tolist()
             df.loc[sa, 'mask'], df.loc[sb, 'mask'] = mb, ma
         done.append(dict(id=r.id, field=r.field, value=r.value, photos=int(rows.sum())))
-    df = add_labels(df, cuts)
-    df.attrs['fixes'] = pd.DataFrame(done, columns=['id', 'field', 'value', 'photos'])
+    note, df = df.attrs['fixes_note'], add_labels(df, cuts)
+    df.attrs.update(fixes=pd.DataFrame(done, columns=['id', 'field', 'value', 'photos']), fixes_note=note)
     return df
 
 # %% ../nbs/01_data.ipynb #c94a9589
@@ -132,9 +139,32 @@ def _find(path, sub, fname):
         if (d/fname).is_file(): return d
     raise DataError(f"{path}: no {sub}/{fname} here; expected the competition layout {path}/{sub}/{fname} with {path}/{sub}/images/")
 
+def _clean(s) -> str:
+    "`s` with surrounding spaces stripped and its Unicode in NFC (Korean names may be stored NFC or NFD)"
+    return unicodedata.normalize('NFC', str(s).strip())
+
+def _names(folder) -> dict:
+    "The entries of `folder` under their `_clean` names, so a CSV name finds its file whatever the normal form"
+    return {_clean(n): n for n in os.listdir(folder)} if Path(folder).is_dir() else {}
+
+def read_csv_checked(fn, keys=(), # Columns whose values are names or ids: read as text, stripped, NFC
+                     **kwargs) -> pd.DataFrame:
+    "CSV file `fn` as a frame; an empty, header-only, unparsable or non-UTF-8 file is an error that names it"
+    try: df = pd.read_csv(fn, encoding='utf-8-sig', dtype={k: str for k in keys}, **kwargs)
+    except pd.errors.EmptyDataError: raise DataError(f'{fn}: empty file; it needs a header line and one row per item') from None
+    except pd.errors.ParserError as e: raise DataError(f'{fn}: not a readable CSV ({e})') from None
+    except UnicodeDecodeError:
+        try: Path(fn).read_bytes().decode('cp949'); hint = ' (it decodes as CP949/EUC-KR, the Korean Windows encoding)'
+        except UnicodeDecodeError: hint = ''
+        raise DataError(f'{fn}: not UTF-8 text{hint}; save it as UTF-8') from None
+    if df.empty: raise DataError(f'{fn}: a header line but no rows; it lists nothing')
+    for k in keys:
+        if k in df.columns: df[k] = df[k].map(lambda v: v if pd.isna(v) else _clean(v))
+    return df
+
 def _read_people(csv):
     "train.csv as a frame, with its columns and values checked"
-    people = pd.read_csv(csv, dtype={'id': str, 'path': str})
+    people = read_csv_checked(csv, keys=('id', 'path', 'gender'))
     if missing := [c for c in TRAIN_COLS if c not in people.columns]:
         raise DataError(f"{csv}: missing column(s) {', '.join(missing)}; train.csv needs {','.join(TRAIN_COLS)} (one row per person)")
     return people
@@ -144,7 +174,10 @@ def _profile_photos(folder, problems):
     "The photos in profile `folder` as (file, stem, mask) rows; odd files and missing photos go to `problems`"
     rows = []
     for f in sorted(folder.iterdir()):
-        if is_hidden(f) or f.is_dir(): continue
+        if is_hidden(f): continue
+        if f.is_dir():
+            if f.suffix.lower() in IMAGE_EXTS: problems.add('not a photo', f, f'{f}: a folder, not a photo; put the photo {f.name} in its place')
+            continue
         try: rows.append((f, f.stem.lower(), mask_state(f)))
         except LabelError as e: problems.add('unknown file', f, str(e))
     stems = [r[1] for r in rows]
@@ -163,13 +196,20 @@ def read_train(path, # Dataset root holding `train/` (or the `train/` folder)
     "One row per training photo: `path, id, gender, race, age, folder, stem, mask, age_band, label, class_name`"
     root = _find(path, 'train', 'train.csv')
     csv, images, problems = root/'train.csv', root/'images', Problems()
-    people, rows = _read_people(csv), []
-    for p in people.itertuples():
-        where = f'{csv} row for {p.path}'
+    people, rows, names = _read_people(csv), [], _names(images)
+    paths_per_id = people.groupby('id').path.nunique()
+    for i, p in zip(people.index, people.itertuples()):
+        where = f'{csv} line {i+2} ({p.path})'
+        if people.path.duplicated().loc[i]:
+            problems.add('duplicate row', csv, f'{where}: lists a profile folder an earlier line lists too; delete one'); continue
+        if paths_per_id.get(p.id, 0) > 1:
+            problems.add('reused id', csv, f"{where}: id {p.id} names {paths_per_id[p.id]} profile folders; give each person an id of their own"); continue
         try: g = gender_code(p.gender)
         except LabelError as e: problems.add('bad value', csv, f'{where}: {e}'); continue
-        if pd.isna(pd.to_numeric(p.age, errors='coerce')): problems.add('bad value', csv, f'{where}: age {p.age!r} is not a number'); continue
-        folder = images/str(p.path)
+        age = pd.to_numeric(p.age, errors='coerce')
+        if pd.isna(age): problems.add('bad value', csv, f'{where}: age {p.age!r} is not a number'); continue
+        if not (0 <= age <= 120) or age != int(age): problems.add('bad value', csv, f'{where}: age {p.age!r} is not a whole number of years in 0..120'); continue
+        folder = images/names.get(p.path, str(p.path))
         if not _inside(folder, images) or folder.resolve() == images.resolve():
             problems.add('bad path', csv, f'{where}: path {p.path!r} leads outside {images}; a path is the name of a profile folder in it'); continue
         if not folder.is_dir(): problems.add('missing folder', folder, f'{folder}: listed in {csv} but missing; restore it or delete its row'); continue
@@ -191,9 +231,9 @@ def read_eval(path, # Dataset root holding `eval/` (or the `eval/` folder)
               on_error:str='raise'): # 'raise' or 'skip' (skipped rows make any submission incomplete)
     "The eval photos in `info.csv` order: `ImageID, path`"
     root = _find(path, 'eval', 'info.csv')
-    info, problems = pd.read_csv(root/'info.csv', dtype={'ImageID': str}), Problems()
+    info, problems, names = read_csv_checked(root/'info.csv', keys=('ImageID',)), Problems(), _names(root/'images')
     if 'ImageID' not in info.columns: raise DataError(f"{root/'info.csv'}: missing column ImageID; info.csv needs ImageID,ans")
-    info = info[['ImageID']].assign(path=[str(root/'images'/i) for i in info.ImageID])
+    info = info[['ImageID']].assign(path=[str(root/'images'/names.get(i, str(i))) for i in info.ImageID])
     for i, p in zip(info.ImageID, info.path):
         if not _inside(p, root/'images'): problems.add('bad path', root/'info.csv', f"{root/'info.csv'}: ImageID {i!r} leads outside {root/'images'}; an ImageID is a file name in it")
         elif not os.path.isfile(p): problems.add('missing image', p, f"{p}: listed in {root/'info.csv'} but missing; restore it")
@@ -206,7 +246,7 @@ def read_answers(path):
     "The answers of dataset `path`'s eval set (`eval/answers.csv`: ImageID, ans), or None when it has none"
     f = next((d/'answers.csv' for d in (Path(path)/'eval', Path(path)) if (d/'answers.csv').is_file()), None)
     if f is None: return None
-    ans = pd.read_csv(f, dtype={'ImageID': str})
+    ans = read_csv_checked(f, keys=('ImageID',))
     if missing := {'ImageID', 'ans'} - set(ans.columns): raise DataError(f"{f}: missing column(s) {', '.join(sorted(missing))}; answers.csv needs ImageID,ans")
     return ans.assign(source=str(f))
 

@@ -56,7 +56,7 @@ def dataset_root(cfg) -> Path:
 
 def config_frame(cfg) -> pd.DataFrame:
     "The training photos of the dataset a config names, with their profile folds"
-    df = read_train(dataset_root(cfg), fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']))
+    df = read_train(dataset_root(cfg), fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']), on_error=cfg['on_error'])
     df['fold'] = profile_folds(df, cfg['n_folds'], cfg['fold_seed'])
     return df
 

@@ -170,7 +170,8 @@ def train_settings(
     fold_seed:number(int, 0)=42, # Seed of the profile folds; keep it to ensemble runs
     seed:number(int, 0)=42, # Training seed
     age_cuts:age_cut_pair=[30, 60], # Age band cuts
-    fixes:flag=True, # Apply the known label fixes
+    fixes:flag=True, # Apply the known label fixes (only to the competition's dataset)
+    on_error:choice('raise', 'skip')='raise', # Training photos that fail the data checks: raise lists them all, skip leaves them out, counted
     early_stop:number(int, 0)=0, # Stop after this many epochs without a better macro F1, 0 for never
     lr_find:flag=False, # Run lr_find, save its plot, train at its suggestion
     tta:flag=False, # TTA for the submission

@@ -1,5 +1,5 @@
 "Bad input to the dataset readers: each problem gets a clear error naming the file, or the right handling."
-import warnings
+import re, warnings
 import numpy as np, pandas as pd
 import pytest
 from PIL import Image
@@ -119,3 +119,66 @@ def test_profile_folds_keep_people_whole_and_strata_balanced(sample, seed):
         part = strata[folds == k].value_counts(normalize=True).reindex(whole.index, fill_value=0)
         assert (part - whole).abs().max() < 0.12
     assert (profile_folds(df, 3, seed) == folds).all()
+
+
+def edit_csv(csv, change):
+    "Rewrite `csv` through `change(frame)`"
+    t = pd.read_csv(csv, dtype=str); t = change(t); t.to_csv(csv, index=False)
+
+
+def test_duplicate_rows_and_reused_ids_are_refused(sample_copy):
+    csv = sample_copy/'train'/'train.csv'
+    edit_csv(csv, lambda t: pd.concat([t, t.iloc[[4]]], ignore_index=True))
+    with pytest.raises(DataError, match=r'train.csv line 38 .*an earlier line lists too'): read_train(sample_copy)
+    with pytest.warns(UserWarning, match='1 duplicate row'): assert len(read_train(sample_copy, on_error='skip')) == N
+    edit_csv(csv, lambda t: t.iloc[:36].assign(id=lambda d: d.id.where(d.index != 7, d.id[6])))   # line 9 reuses line 8's id
+    with pytest.raises(DataError) as e: read_train(sample_copy)
+    assert 'names 2 profile folders' in str(e.value) and 'line 8 ' in str(e.value) and 'line 9 ' in str(e.value)
+    with pytest.warns(UserWarning): assert len(read_train(sample_copy, on_error='skip')) == N - 14
+
+
+@pytest.mark.parametrize('age', ['-5', '200', '31.5'])
+def test_ages_outside_a_life_are_refused(sample_copy, age):
+    edit_csv(sample_copy/'train'/'train.csv', lambda t: t.assign(age=t.age.where(t.index != 2, age)))
+    with pytest.raises(DataError, match=f"line 4 .*age '?{re.escape(age)}'? is not a whole number of years in 0..120"): read_train(sample_copy)
+
+
+def test_a_16_bit_png_is_read_as_its_picture(sample_copy):
+    f = folders(sample_copy)[0]
+    grey = np.asarray(Image.open(f/'mask1.jpg').convert('L'), dtype=np.uint16)
+    Image.fromarray(grey*257).save(f/'mask1.png'); (f/'mask1.jpg').unlink()
+    assert Image.open(f/'mask1.png').mode.startswith('I')
+    read = np.asarray(open_image(f/'mask1.png').convert('L'), dtype=float)
+    assert np.abs(read - grey).mean() < 1 and read.mean() < 200
+
+
+@pytest.mark.parametrize('which', ['train/train.csv', 'eval/info.csv'])
+@pytest.mark.parametrize('content, message', [
+    (b'', 'empty file'),
+    (None, 'a header line but no rows'),
+    ('id,gender,race,age,path\n000001,여성,Asian,20,사람\n'.encode('cp949'), 'not UTF-8 text (it decodes as CP949'),
+])
+def test_unreadable_csvs_name_the_file(sample_copy, which, content, message):
+    csv = sample_copy/which
+    csv.write_bytes(csv.read_bytes().splitlines(keepends=True)[0] if content is None else content)
+    with pytest.raises(DataError, match=f'{csv}: {re.escape(message)}'): (read_train if which.startswith('train') else read_eval)(sample_copy)
+
+
+def test_spaces_and_unicode_forms_in_names_are_normalised(sample_copy):
+    import unicodedata
+    csv = sample_copy/'train'/'train.csv'
+    people = pd.read_csv(csv, dtype=str)
+    old = sample_copy/'train'/'images'/people.path[0]
+    nfd = unicodedata.normalize('NFD', '김민지_' + people.path[0])
+    old.rename(old.parent/nfd)                                       # stored NFD, as macOS writes Korean names
+    people.loc[0, 'path'] = unicodedata.normalize('NFC', '김민지_' + people.path[0])
+    people.loc[1, 'path'] = people.path[1] + ' '                     # a trailing space
+    people.to_csv(csv, index=False)
+    df = read_train(sample_copy)
+    assert len(df) == N and (df.folder == nfd).sum() == 7
+
+
+def test_a_folder_named_like_a_photo_is_reported_as_such(sample_copy):
+    f = folders(sample_copy)[2]
+    (f/'mask1.jpg').unlink(); (f/'mask1.jpg').mkdir()
+    with pytest.raises(DataError, match=f"{f/'mask1.jpg'}: a folder, not a photo"): read_train(sample_copy)

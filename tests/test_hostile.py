@@ -40,3 +40,51 @@ def test_a_planted_checkpoint_does_not_run_on_resume(sample, tmp_path):
     r = module('train', '--resume', run.path, cwd=tmp_path, check=False)
     assert not marker.exists(), 'the planted pickle ran'
     assert r.returncode == 0 and run.status == 'finished'                              # retrained from the start instead
+
+
+KILL_DURING_SAVE = '''
+import io, pathlib, runpy, sys, time, torch
+marker, save, calls = pathlib.Path(sys.argv[1]), torch.save, []
+def half_written_save(obj, f, *args, **kwargs):
+    "The second checkpoint of `last` is written halfway, then the process waits to be killed"
+    if 'last' not in str(f): return save(obj, f, *args, **kwargs)
+    if not calls:
+        calls.append(f); return save(obj, f, *args, **kwargs)
+    buf = io.BytesIO(); save(obj, buf, *args, **kwargs)
+    with open(f, 'wb') as out: out.write(buf.getvalue()[:len(buf.getvalue())//2]); out.flush()
+    marker.touch(); time.sleep(600)
+torch.save = half_written_save
+sys.argv = ['mask_fastai.train', *sys.argv[2:]]
+runpy.run_module('mask_fastai.train', run_name='__main__')
+'''
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(sample, tmp_path):
+    "SIGKILL while the second epoch's checkpoint is half written: --resume continues from the first"
+    import signal, subprocess, sys, time
+    marker = tmp_path/'writing'
+    p = subprocess.Popen([sys.executable, '-c', KILL_DURING_SAVE, marker, *TINY_FLAGS, '--epochs', '3', '--out', tmp_path/'runs'],
+                         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not marker.exists() and p.poll() is None and time.time() < deadline: time.sleep(0.05)
+    assert marker.exists(), 'the run never reached its second checkpoint'
+    p.send_signal(signal.SIGKILL); p.wait()
+    run = Run(only_run(tmp_path/'runs'))
+    assert run.read_json('state')['epoch'] == 0                       # the state still names the last complete checkpoint
+    r = module('train', '--resume', run.path, cwd=tmp_path)
+    assert run.status == 'finished' and 'unreadable' not in r.stderr   # continued from epoch 0's checkpoint, not from scratch
+    assert pd.read_csv(run.metrics_file('unfrozen')).epoch.tolist() == [0, 1, 2]
+
+
+def test_planted_pickles_do_not_run_on_predict_or_interpret(tiny_runs, tmp_path):
+    "predict and interpret rebuild a run from its card and safetensors; the pickles beside them are never loaded"
+    run = Run(shutil.copytree(tiny_runs[0], tmp_path/'run'))
+    marker = tmp_path/'pwned'
+    class Payload:
+        def __reduce__(self): return (Path.touch, (marker,))
+    torch.save(Payload(), run.file('export'))
+    run.checkpoint_dir().mkdir()
+    for name in ('best.pth', 'last.pth'): torch.save(Payload(), run.checkpoint_dir()/name)
+    module('predict', run.path, '--out', tmp_path/'sub.csv', cwd=tmp_path)
+    module('interpret', run.path, '--k', 2, cwd=tmp_path)
+    assert not marker.exists() and (tmp_path/'sub.csv').exists()

@@ -38,10 +38,14 @@ def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
     assert run.read_json('summary')['eval']['macro_f1'] == pytest.approx(score_submission(sub, answers)['macro_f1'])
 
 
-def test_config_file_sets_defaults_and_flags_override(sample, tmp_path):
-    (tmp_path/'c.yaml').write_text('epochs: 1\nbs: 8\nlr: 0.01\nmethod: pad\n')
-    cli(*TINY_FLAGS, '--config', tmp_path/'c.yaml', '--out', tmp_path/'runs', '--method', 'crop', cwd=tmp_path)
+def test_config_file_sets_defaults_and_flags_override(sample_copy, tmp_path):
+    bad = sorted((sample_copy/'train'/'images').iterdir())[3]/'mask4.jpg'
+    bad.write_bytes(bad.read_bytes()[:1500])                                 # a truncated photo, left out by on_error: skip
+    (tmp_path/'c.yaml').write_text('epochs: 1\nbs: 8\nlr: 0.01\nmethod: pad\non_error: skip\n')
+    r = cli(*TINY_FLAGS, '--data', sample_copy, '--config', tmp_path/'c.yaml', '--out', tmp_path/'runs', '--method', 'crop', cwd=tmp_path)
+    assert f'{bad}: truncated JPEG' in r.stderr and 'skipped' in r.stderr
     cfg = Run(only_run(tmp_path/'runs')).config()
+    assert cfg['on_error'] == 'skip' and cfg['data'] == str(sample_copy.resolve())
     assert (cfg['epochs'], cfg['lr'], cfg['method']) == (1, 0.01, 'crop')   # file value, file value, flag over file
     assert cfg['bs'] == 16                                                  # flag (in TINY_FLAGS) over file
     assert resolve_config(tmp_path/'c.yaml')['bs'] == 8
@@ -104,6 +108,7 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--name', '../../escape'], 'plain folder name'),
     (['--age-cuts', '60,30'], 'two increasing ages'),
     (['--tta', 'maybe'], "expected true or false, got 'maybe'"),
+    (['--on-error', 'ignore'], 'expected one of raise, skip'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
     r = cli('--n-folds', '3', *args, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
