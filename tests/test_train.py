@@ -1,5 +1,5 @@
 "The training CLI end to end on the sample: run folders, config precedence, resume after a kill, bad paths and settings."
-import json, os, signal, subprocess, sys, time
+import json, os, runpy, signal, subprocess, sys, time
 from multiprocessing import Pool
 from pathlib import Path
 import pandas as pd
@@ -14,6 +14,13 @@ from conftest import TINY_FLAGS, module, only_run
 
 
 def cli(*args, cwd, check=True, **kw): return module('train', *args, cwd=cwd, check=check, **kw)
+
+
+def cli_in_process(*args, capsys, monkeypatch):
+    "Run `python -m mask_fastai.train args` in this process (as `-m` does, without a new interpreter); return (exit code, stderr)"
+    monkeypatch.setattr(sys, 'argv', ['mask_fastai.train', *map(str, args)])
+    with pytest.raises(SystemExit) as e: runpy.run_module('mask_fastai.train', run_name='__main__')
+    return e.value.code, capsys.readouterr().err
 
 
 def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
@@ -110,9 +117,9 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--tta', 'maybe'], "expected true or false, got 'maybe'"),
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
 ])
-def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
-    r = cli('--n-folds', '3', *args, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
-    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    code, err = cli_in_process('--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and message in err and 'Traceback' not in err, err
     assert not (tmp_path/'runs').exists()
 
 
@@ -123,10 +130,10 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
     ('c.json', '{"epochs": 2,,}', 'c.json:1: JSON syntax error'),
     ('c.json', '[1, 2]', 'a config file holds a mapping'),
 ])
-def test_bad_config_files_name_the_file_and_line(tmp_path, name, text, message):
+def test_bad_config_files_name_the_file_and_line(tmp_path, capsys, monkeypatch, name, text, message):
     (tmp_path/name).write_text(text)
-    r = cli('--config', tmp_path/name, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
-    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    code, err = cli_in_process('--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 2 and message in err and 'Traceback' not in err, err
     assert not (tmp_path/'runs').exists()
 
 
@@ -168,3 +175,11 @@ def test_lr_find_saves_its_plot_and_uses_its_suggestion(sample, tmp_path):
     run = Run(only_run(tmp_path/'runs'))
     assert run.file('lr_find').stat().st_size > 0
     assert run.config()['lr'] != 2e-3
+
+
+def test_an_empty_eval_set_is_refused_before_training(sample_copy, tmp_path):
+    info = sample_copy/'eval'/'info.csv'
+    info.write_text(info.read_text().splitlines()[0] + '\n')
+    r = cli(*TINY_FLAGS, '--data', sample_copy, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and f'{info}: a header line but no rows' in r.stderr
+    assert not (tmp_path/'runs').exists()
