@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['flag', 'TRAIN_DEFAULTS', 'CONVERTERS', 'RECORDS', 'cache_dir', 'SettingError', 'to_bool', 'number', 'numbers',
-           'image_size', 'age_cut_pair', 'choice', 'maybe', 'text', 'folder_name', 'timm_arch', 'train_settings',
-           'load_config', 'resolve_config', 'given_flags', 'cli_errors']
+           'words', 'image_size', 'age_cut_pair', 'choice', 'maybe', 'text', 'folder_name', 'timm_arch',
+           'train_settings', 'load_config', 'resolve_config', 'given_flags', 'cli_errors']
 
 # %% ../nbs/00a_settings.ipynb #f3d1a13a
 import argparse, json, math, os, re, sys, time, traceback
@@ -78,6 +78,13 @@ def numbers(typ=int, n=None, lo=None, hi=None):
         if not items: _refuse(f'expected at least one value, got {v!r}')
         return [one(o) for o in items]
     return conv
+
+@_named('words')
+def words(v):
+    "A list of non-empty strings from a list or 'a,b,c'"
+    items = [str(o).strip() for o in (v if isinstance(v, (list, tuple)) else str(v).split(','))]
+    if not all(items): _refuse(f'expected comma-separated words, got {v!r}')
+    return items
 
 @_named('height,width')
 def image_size(v):
@@ -178,8 +185,11 @@ def train_settings(
     channels_last:flag=True, # Channels-last memory format
     eval_curve:flag=False, # Score the eval set after every epoch (needs eval/answers.csv) into eval_curve.csv
     keep_checkpoints:flag=False, # Keep the per-epoch checkpoints once the run has finished
-    wandb:flag=False, # Log to Weights & Biases (offline unless WANDB_MODE says otherwise)
-    wandb_project:text='mask_fastai', # W&B project
+    wandb:flag=False, # Log to Weights & Biases (offline unless WANDB_MODE says otherwise; pip install 'mask_fastai[wandb]')
+    wandb_project:maybe(text)=None, # W&B project (none: $WANDB_PROJECT, else mask_fastai)
+    wandb_entity:maybe(text)=None, # W&B entity (none: $WANDB_ENTITY, else your default)
+    wandb_tags:maybe(words)=None, # W&B tags, comma separated (none: $WANDB_TAGS)
+    wandb_artifacts:flag=False, # Also log the model files (safetensors and card) as a W&B artifact
     sample_people:number(int, 12, 10_000)=120, # People in the embedded sample when no data is given
 ):
     "Every training setting with its default: the one declaration that the CLI, config files and notebooks read"

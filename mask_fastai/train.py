@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic', 'SaveBest', 'Checkpoint', 'trim_logs',
            'load_checkpoint', 'EvalCurve', 'config_dls', 'config_learner', 'train_cbs', 'phase_fit_args', 'fit_recipe',
-           'model_card', 'save_run', 'train_fold', 'train', 'summary_line', 'main']
+           'model_card', 'save_run', 'wandb_start', 'wandb_epochs', 'top_losses_figure', 'wandb_finish', 'train_fold',
+           'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
@@ -219,18 +220,46 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     return res
 
 # %% ../nbs/05_train.ipynb #87c9f4f0
-def _wandb_cb(cfg, run:Run):
-    "fastai's WandbCallback, after `wandb.init` (offline unless WANDB_MODE says otherwise)"
-    import wandb, fastai.callback.wandb as fw
-    from fastcore.basics import init_args
-    fw.init_args = lambda o: init_args(o) if hasattr(o, '__dict__') else {}   # fastai #4173: objects without __dict__
-    wandb.init(project=cfg['wandb_project'], name=run.name, dir=str(run.path), config=cfg,
-               mode=os.environ.get('WANDB_MODE', 'offline'), reinit='finish_previous')
-    return fw.WandbCallback(log_preds=False, log_model=False)
+def wandb_start(cfg, run:Run, group=None, job=None):
+    "Start the W&B run of `run` (offline unless WANDB_MODE says otherwise) with the resolved config, leaving the random state as it was"
+    import wandb
+    with no_random():   # wandb.init draws ids and may touch the global generators; the training must not notice
+        wandb.init(project=cfg['wandb_project'] or os.environ.get('WANDB_PROJECT', 'mask_fastai'), entity=cfg['wandb_entity'],
+                   tags=cfg['wandb_tags'], group=group, job_type=job, name=f'{group}-{job}' if group else run.name, dir=str(run.path),
+                   config={**cfg, 'run_dir': str(run.path)}, mode=os.environ.get('WANDB_MODE', 'offline'), reinit='finish_previous')
+    return wandb
 
-def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answers=None) -> dict:
-    "Train `fold` into `run` (continuing from `resume`); return its scores and minutes (all sessions, data preparation included)"
+def wandb_epochs(learn):
+    "fastai's `WandbCallback` for the per-epoch metrics, without fastai's gathered arguments"
+    from fastai.callback.wandb import WandbCallback
+    learn.gather_args = dict   # gathering draws a validation batch, which moves the random state; the config is already logged
+    return WandbCallback(log_preds=False, log_model=False)
+
+def top_losses_figure(learn, run:Run, k:int=9):
+    "fastai's top-loss grid of `run`'s validation photos, from the probabilities it saved (no second pass over them)"
+    import mask_fastai.interpret   # its titles, readable with this kit's class names
+    oof = run.read_probs('oof')
+    probs, y = prob_matrix(oof), torch.as_tensor(oof.label.to_numpy())
+    interp = ClassificationInterpretation(learn, learn.dls.valid, -probs[torch.arange(len(y)), y].clamp_min(1e-9).log())
+    interp.plot_top_losses(min(k, len(y)), figsize=(9, 10))
+    return plt.gcf()
+
+def wandb_finish(wandb, run:Run, res:dict, cfg, learn=None):
+    "Put `run`'s final scores, folder, pictures (and with `wandb_artifacts` its model files) into its W&B run, and end it"
+    wandb.summary.update({'run_dir': str(run.path), **{f'final/{part}/{k}': v for part in ('valid', 'oof', 'eval') for k, v in res.get(part, {}).items()}})
+    images = {'confusion_matrix': wandb.Image(str(run.file('confusion')))} if run.has('confusion') else {}
+    if learn is not None: images['top_losses'] = wandb.Image(top_losses_figure(learn, run)); plt.close('all')
+    if images: wandb.log(images)
+    if cfg['wandb_artifacts'] and run.has('weights'):
+        art = wandb.Artifact(f'{run.name}-model', type='model')
+        for key in ('weights', 'card'): art.add_file(str(run.file(key)))
+        wandb.log_artifact(art)
+    wandb.finish()
+
+def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answers=None, group=None) -> dict:
+    "Train `fold` into `run` (continuing from `resume`; `group` names the W&B group of a fold); return its scores and minutes"
     t0 = time.time()
+    wandb = wandb_start(cfg, run, group, f'fold{fold}' if group else None) if cfg['wandb'] else None
     set_seed(cfg['seed'] + fold)
     learn = config_learner(cfg, config_dls(cfg, df, fold), run.path)
     if resume and load_checkpoint(learn, run): trim_logs(run, resume, [n for n, _ in _phases(cfg)])
@@ -241,16 +270,20 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         with learn.no_bar(): cfg = {**cfg, 'lr': float(learn.lr_find(show_plot=True).valley)}
         plt.savefig(run.file('lr_find')); plt.close('all')
         run.write_config(cfg)
-    extra = [_wandb_cb(cfg, run)] if cfg['wandb'] else []
+        if wandb: wandb.config.update(dict(lr=cfg['lr']), allow_val_change=True)
     curve = None
     if cfg['eval_curve']:
         curve = (learn.dls.test_dl(with_images(eval_df, cfg['size'], cfg['method'], cfg['cache']), bs=64), eval_labels(eval_df, answers))
     before = resume.get('minutes', 0.) if resume else 0.
-    try: fit_recipe(learn, cfg, run, resume, extra, curve, (t0, before))
-    finally:
-        if cfg['wandb']: import wandb; wandb.finish()
-    res = save_run(learn, cfg, run, fold, eval_df, answers)
-    return {**res, 'minutes': round(before + (time.time() - t0)/60, 2)}
+    try:
+        fit_recipe(learn, cfg, run, resume, [wandb_epochs(learn)] if wandb else [], curve, (t0, before))
+        res = save_run(learn, cfg, run, fold, eval_df, answers)
+    except BaseException:
+        if wandb: wandb.finish(exit_code=1)
+        raise
+    res = {**res, 'minutes': round(before + (time.time() - t0)/60, 2)}
+    if wandb: wandb_finish(wandb, run, res, cfg, learn)
+    return res
 
 def _finish(run:Run, res:dict, cfg) -> dict:
     "Write `run`'s summary, which marks it finished, and drop its checkpoints unless they are to be kept"
@@ -271,8 +304,8 @@ def _check_before_run(cfg):
     if cfg['eval_curve'] and (eval_df is None or answers is None): raise SettingError(f'--eval-curve needs eval/info.csv and eval/answers.csv, which {root} lacks')
     if cfg['pretrained']: pretrained_weights(cfg['arch'], cfg['weights'], cfg['hub'])
     if cfg['wandb']:
-        import importlib.util
-        if importlib.util.find_spec('wandb') is None: raise SettingError("--wandb needs the wandb package: pip install 'mask_fastai[wandb]'")
+        try: import wandb
+        except ImportError as e: raise SettingError(f"--wandb needs the wandb package ({e}): pip install 'mask_fastai[wandb]'") from None
     return cfg, df, eval_df, answers
 
 def _complete(run:Run, cfg, df, eval_df, answers) -> dict:
@@ -284,9 +317,11 @@ def _complete(run:Run, cfg, df, eval_df, answers) -> dict:
         if fold_run.status == 'finished': continue
         if not fold_run.has('config'): fold_run.write_config({**cfg, 'folds': None, 'fold': k})
         fold_cfg = fold_run.config()   # what the fold was started with, an lr_find result included
-        _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers), cfg)
+        _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers, group=run.name), cfg)
     res = merge_folds(run, eval_df, answers)
-    return _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
+    res = _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
+    if cfg['wandb']: wandb_finish(wandb_start(cfg, run, run.name, 'merged'), run, res, cfg)
+    return res
 
 def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
           resume=None) -> dict: # Or a run folder to complete

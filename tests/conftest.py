@@ -1,4 +1,4 @@
-import os, shutil, subprocess, sys, tempfile
+import os, runpy, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import pytest
 
@@ -19,6 +19,14 @@ def module(name, *args, cwd, check=True, **kw):
     r = subprocess.run([sys.executable, '-m', f'mask_fastai.{name}', *map(str, args)], cwd=cwd, capture_output=True, text=True, **kw)
     if check and r.returncode: raise AssertionError(f'{name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
     return r
+
+
+def in_process(name, *args, capsys, monkeypatch):
+    "Run `python -m mask_fastai.<name> args` through the module's own entry in this process, without a new interpreter; (exit code, stderr)"
+    monkeypatch.setattr(sys, 'argv', [f'mask_fastai.{name}', *map(str, args)])
+    try: runpy.run_module(f'mask_fastai.{name}', run_name='__main__'); code = 0
+    except SystemExit as e: code = e.code
+    return code, capsys.readouterr().err
 
 
 def only_run(out):

@@ -1,5 +1,5 @@
 "Bad input to the dataset readers: each problem gets a clear error naming the file, or the right handling."
-import re, warnings
+import re
 import numpy as np, pandas as pd
 import pytest
 from PIL import Image

@@ -1,13 +1,12 @@
 "Run folders as other people leave them: failed, unfinished, damaged or tampered ones are listed or refused clearly."
-import json, shutil
+import shutil
 from pathlib import Path
 import pandas as pd
 import pytest
-import torch
 from mask_fastai.runs import Run, compare_runs
 from mask_fastai.inference import run_probs
 from mask_fastai.data import read_eval
-from conftest import TINY_FLAGS, module
+from conftest import module, in_process
 
 
 @pytest.fixture
@@ -38,19 +37,21 @@ def test_missing_files_are_named_with_what_the_state_means(runs_dir, sample):
     with pytest.raises(FileNotFoundError, match='not a run folder'): run_probs(runs_dir/'notes', ev)
 
 
-def test_a_tampered_card_cannot_steer_loading(tiny_runs, tmp_path, sample):
+def test_a_tampered_card_cannot_steer_loading(tiny_runs, tmp_path, sample, capsys, monkeypatch):
     run = Run(shutil.copytree(tiny_runs[0], tmp_path/'run'))
     card = run.read_json('card')
+    predict = lambda: in_process('predict', run.path, '--out', tmp_path/'s.csv', capsys=capsys, monkeypatch=monkeypatch)
     for weights in ('/etc/passwd', '../model.safetensors', 'export.pkl'):
         run.write_json('card', {**card, 'weights': weights})
-        r = module('predict', run.path, '--out', tmp_path/'s.csv', cwd=tmp_path, check=False)
-        assert r.returncode == 2 and 'a card may not point elsewhere' in r.stderr, r.stderr
+        code, err = predict()
+        assert code == 2 and 'a card may not point elsewhere' in err, err
     run.write_json('card', {**card, 'arch': 'hf-hub:timm/resnet18.a1_in1k'})
-    r = module('predict', run.path, '--out', tmp_path/'s.csv', cwd=tmp_path, check=False)
-    assert r.returncode == 2 and 'not a hub or file path' in r.stderr
+    code, err = predict()
+    assert code == 2 and 'not a hub or file path' in err
     run.file('card').write_text('{"arch": ')
-    r = module('predict', run.path, '--out', tmp_path/'s.csv', cwd=tmp_path, check=False)
-    assert r.returncode == 2 and 'model.json: damaged' in r.stderr
+    code, err = predict()
+    assert code == 2 and 'model.json: damaged' in err
+    assert not (tmp_path/'s.csv').exists()
 
 
 def test_unexpected_errors_are_one_line_with_a_log(tiny_runs, tmp_path):

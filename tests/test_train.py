@@ -1,5 +1,5 @@
 "The training CLI end to end on the sample: run folders, config precedence, resume after a kill, bad paths and settings."
-import json, os, runpy, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from multiprocessing import Pool
 from pathlib import Path
 import pandas as pd
@@ -10,17 +10,10 @@ from mask_fastai.settings import resolve_config
 from mask_fastai.runs import Run, new_run, config_frame
 from mask_fastai.train import config_dls, config_learner
 from mask_fastai.inference import score_submission
-from conftest import TINY_FLAGS, module, only_run
+from conftest import TINY_FLAGS, module, only_run, in_process
 
 
 def cli(*args, cwd, check=True, **kw): return module('train', *args, cwd=cwd, check=check, **kw)
-
-
-def cli_in_process(*args, capsys, monkeypatch):
-    "Run `python -m mask_fastai.train args` in this process (as `-m` does, without a new interpreter); return (exit code, stderr)"
-    monkeypatch.setattr(sys, 'argv', ['mask_fastai.train', *map(str, args)])
-    with pytest.raises(SystemExit) as e: runpy.run_module('mask_fastai.train', run_name='__main__')
-    return e.value.code, capsys.readouterr().err
 
 
 def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
@@ -118,7 +111,7 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    code, err = cli_in_process('--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    code, err = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
     assert code == 2 and message in err and 'Traceback' not in err, err
     assert not (tmp_path/'runs').exists()
 
@@ -132,13 +125,14 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch,
 ])
 def test_bad_config_files_name_the_file_and_line(tmp_path, capsys, monkeypatch, name, text, message):
     (tmp_path/name).write_text(text)
-    code, err = cli_in_process('--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    code, err = in_process('train', '--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
     assert code == 2 and message in err and 'Traceback' not in err, err
     assert not (tmp_path/'runs').exists()
 
 
 def test_folds_all_merges_out_of_fold_predictions(sample, tmp_path):
-    r = cli(*TINY_FLAGS, '--epochs', '1', '--folds', 'all', '--out', tmp_path/'runs', cwd=tmp_path)
+    env = {**os.environ, 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
+    r = cli(*TINY_FLAGS, '--epochs', '1', '--folds', 'all', '--wandb', 'true', '--out', tmp_path/'runs', cwd=tmp_path, env=env)
     run = Run(only_run(tmp_path/'runs'))
     oof = run.read_probs('oof')
     assert sorted(oof.fold.unique()) == [0, 1, 2] and len(oof) == 36*7 and oof.path.is_unique
@@ -146,14 +140,9 @@ def test_folds_all_merges_out_of_fold_predictions(sample, tmp_path):
     folds = run.fold_runs()
     assert [f.config()['fold'] for f in folds] == [0, 1, 2] and all(f.status == 'finished' for f in folds)
     assert run.read_json('summary')['minutes'] == pytest.approx(sum(f.read_json('summary')['minutes'] for f in folds), abs=0.02)
-
-
-def test_wandb_offline_needs_no_login(sample, tmp_path):
-    env = {**os.environ, 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
-    env.pop('WANDB_API_KEY', None)
-    cli(*TINY_FLAGS, '--epochs', '1', '--wandb', 'true', '--out', tmp_path/'runs', cwd=tmp_path, env=env)
-    run = only_run(tmp_path/'runs')
-    assert list((run/'wandb').glob('offline-run-*')), 'wandb wrote no offline run'
+    from test_wandb import wandb_records                 # each fold and the merged scores are one W&B group
+    runs = [next(r.run for r in wandb_records(f) if r.WhichOneof('record_type') == 'run') for f in sorted(run.path.rglob('run-*.wandb'))]
+    assert sorted((w.run_group, w.job_type) for w in runs) == [(run.name, j) for j in ('fold0', 'fold1', 'fold2', 'merged')]
 
 
 def test_frozen_epochs_come_first_with_pretrained_weights(sample, tmp_path):
