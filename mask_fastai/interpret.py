@@ -29,7 +29,7 @@ def run_interp(run, data=None, bs:int=64) -> ClassificationInterpretation:
     if data is None:
         df = config_frame(cfg); df = df[df.fold == cfg['fold']]
     else: df = read_train(data, fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']))
-    learn = load_run(run, df, bs)
+    learn = load_run(run, bs)
     c = learn.card
     df = with_images(df, c['size'], c['method'], c.get('cache', True))   # the photos as the run saw them
     dl = learn.dls.test_dl(df, with_labels=True, bs=bs)

@@ -9,14 +9,15 @@ __all__ = ['main']
 import json
 from fastcore.script import call_parse
 from .settings import cli_errors, flag, choice, maybe, numbers, number
-from .inference import predict as predict_runs
+from .inference import predict as predict_runs, predict_images
 
 # %% ../nbs/06a_predict.ipynb #efdf3e73
 @call_parse
 def main(runs:str, # Run folder(s), space separated
          *more:str,
          data:str=None, # Dataset root or eval folder (default: the first run's dataset)
-         out:str='submission.csv', # Submission file
+         images:str=None, # Instead of the eval set: a folder of photos (or one photo) to predict; no info.csv needed
+         out:str=None, # Submission file (default: submission.csv), or the predictions table with --images (default: predictions.csv)
          tta:flag=False, # Test-time augmentation
          vote:choice('soft', 'hard')='soft', # Soft (mean probability) or hard (majority) voting
          weights:maybe(numbers(float, lo=0))=None, # Run weights, comma separated
@@ -28,5 +29,9 @@ def main(runs:str, # Run folder(s), space separated
          debug:flag=False): # Show the full traceback of an error
     "Predict the eval set with one or more runs and write a checked submission"
     with cli_errors(debug, 'predict'):
-        res = predict_runs([runs, *more], data=data, out=out, tta=tta, vote=vote, weights=weights, plan=plan, fit=fit, force=force, answers=answers, bs=bs)
+        if images is None:
+            res = predict_runs([runs, *more], data=data, out=out or 'submission.csv', tta=tta, vote=vote, weights=weights, plan=plan,
+                               fit=fit, force=force, answers=answers, bs=bs)
+        elif vote == 'hard' or plan or fit or data or answers: raise ValueError('--images predicts by a soft vote (with --weights); --vote hard, --plan, --fit, --data and --answers are for the eval set')
+        else: res = predict_images([runs, *more], images, out or 'predictions.csv', tta, weights, force, bs)
     print(json.dumps(res, indent=2))

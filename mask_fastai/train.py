@@ -199,7 +199,7 @@ def model_card(cfg, classes) -> dict:
     mean, std = backbone_stats(cfg['arch'])
     return dict(arch=cfg['arch'], multitask=cfg['multitask'], label_mode='multitask' if cfg['multitask'] else 'single',
                 lin_ftrs=cfg['lin_ftrs'], ps=cfg['ps'], classes=list(classes), size=cfg['size'], method=cfg['method'],
-                mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], weights=RUN_FILES['weights'])
+                mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'])
 
 def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"

@@ -114,3 +114,16 @@ def test_bench_quick_records_its_section(sample, tmp_path):
     text = md.read_text()
     assert 'Hand-written notes stay.' in text and '<!-- bench:start -->' in text and '| training img/s |' in text
     assert '| mask_fastai minutes | macro F1 |' in text and '`python -m mask_fastai.bench --quick true`' in text
+
+
+def test_predict_a_folder_of_photos_without_info_csv(tiny_runs, sample, tmp_path):
+    photos = tmp_path/'photos'; photos.mkdir()
+    for f in sorted((sample/'eval'/'images').iterdir())[:5]: shutil.copy(f, photos/f.name)
+    (photos/'.DS_Store').write_bytes(b'x')
+    res = printed_json(module('predict', *tiny_runs[:2], '--images', photos, '--out', tmp_path/'preds.csv', cwd=tmp_path))
+    table = pd.read_csv(tmp_path/'preds.csv')
+    assert res['n'] == 5 == len(table) and set(table.photo) == {str(f) for f in photos.glob('*.jpg')}
+    assert {'label', 'class_name', 'mask', 'gender', 'age_band', 'prob', 'p17'} <= set(table.columns)
+    assert (table.filter(regex=r'^p\d+$').sum(axis=1) - 1).abs().max() < 1e-4
+    r = module('predict', tiny_runs[0], '--images', photos, '--vote', 'hard', '--out', tmp_path/'x.csv', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and 'soft vote' in r.stderr
