@@ -22,6 +22,7 @@ from .losses import *
 from .models import pretrained_weights, backbone_stats, photo_probs
 from .runs import config_frame, dataset_root, eval_set, score_eval, environment
 from .train import config_dls, config_learner, train
+from .export import onnx_file, OnnxModel
 
 # %% ../nbs/08_bench.ipynb #30ee184d
 class PlainDataset(torch.utils.data.Dataset):
@@ -112,6 +113,8 @@ def speed_bench(cfg, df, eval_df, n_batches:int=20, full_pass:bool=True) -> dict
     start = time.time(); photo_probs(learn, sub, False, size, cfg['method'], True); res['infer_img_s_kit'] = len(sub)/(time.time()-start)
     start = time.time(); photo_probs(learn, sub, True, size, cfg['method'], True); res['infer_img_s_kit_tta'] = len(sub)/(time.time()-start)
     res['infer_img_s_plain'] = len(sub)/plain_predict(model, plain_loader(sub, size, stats, bs, train=False), device)[1]
+    onnx = OnnxModel(onnx_file(learn.model, size, Path(tempfile.mkdtemp())/'model.onnx'))   # the kit's network through onnxruntime
+    res['infer_img_s_onnx'] = len(sub)/plain_predict(onnx, plain_loader(sub, size, stats, bs, train=False))[1]
     return res
 
 # %% ../nbs/08_bench.ipynb #d29dcde9
@@ -145,7 +148,9 @@ def bench_markdown(res) -> str:
              '| figure | mask_fastai | plain PyTorch loop | ratio |', '|---|---|---|---|',
              f"| training img/s | {s['train_img_s_kit']:.1f} | {s['train_img_s_plain']:.1f} | {r(s['train_img_s_kit'], s['train_img_s_plain'])} |",
              f"| inference img/s | {s['infer_img_s_kit']:.1f} | {s['infer_img_s_plain']:.1f} | {r(s['infer_img_s_kit'], s['infer_img_s_plain'])} |",
-             f"| inference img/s with TTA | {s['infer_img_s_kit_tta']:.1f} | | TTA costs {r(s['infer_img_s_kit'], s['infer_img_s_kit_tta'])} |", '',
+             f"| inference img/s with TTA | {s['infer_img_s_kit_tta']:.1f} | | TTA costs {r(s['infer_img_s_kit'], s['infer_img_s_kit_tta'])} |",
+             f"| inference img/s, the kit's network through onnxruntime | {s['infer_img_s_onnx']:.1f} | {s['infer_img_s_plain']:.1f} | "
+             f"{r(s['infer_img_s_onnx'], s['infer_img_s_plain'])} ({r(s['infer_img_s_onnx'], s['infer_img_s_kit'])} the kit's PyTorch path) |", '',
              '| data pipeline (decode, item and batch transforms) | img/s | against training img/s |', '|---|---|---|',
              f"| without the decoded-image cache | {s['pipeline_img_s_no_cache']:.1f} | {r(s['pipeline_img_s_no_cache'], s['train_img_s_kit'])} |",
              f"| with the cache | {s['pipeline_img_s_cache']:.1f} | {r(s['pipeline_img_s_cache'], s['train_img_s_kit'])} |",

@@ -22,11 +22,16 @@ from .runs import *
 from PIL import Image
 
 # %% ../nbs/06_inference.ipynb #46b9dd0b
-def load_run(run, bs:int=64) -> Learner:
-    "A fastai `Learner` for run folder `run` from its model card and safetensors, its DataLoaders carrying the run's transforms"
+def load_run(run, bs:int=64, engine:str='torch') -> Learner:
+    "A fastai `Learner` for run folder `run` from its model card and safetensors (or its ONNX export), its DataLoaders carrying the run's transforms"
     run = Run(run)
     card = run.card()
-    model = model_from_card(card, run.weights_file())
+    if engine not in ('torch', 'onnx'): raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+    if engine == 'onnx':
+        from mask_fastai.export import OnnxModel
+        if not run.has('onnx'): raise FileNotFoundError(f"{run.file('onnx')}: missing; python -m mask_fastai.export {run.path} --onnx true writes it")
+        model = OnnxModel(run.file('onnx'))
+    else: model = model_from_card(card, run.weights_file())
     block = mask_block(card['size'], card['method'], tuple(card['age_cuts']), mask_tfms((card['mean'], card['std'])), image_col='image')
     blank = Image.new('RGB', tuple(card['size'][::-1]))   # fastai sets the transforms up on a couple of items
     seed = pd.DataFrame(dict(image=[blank, blank], class_name=card['classes'][0], is_valid=[False, True]))
@@ -34,9 +39,9 @@ def load_run(run, bs:int=64) -> Learner:
     learn.card = card
     return learn
 
-def run_probs(run, df, tta:bool=False, bs:int=64):
+def run_probs(run, df, tta:bool=False, bs:int=64, engine:str='torch'):
     "18-class probabilities of the photos in `df` (a `path` column) from run folder `run`, read as the run was trained"
-    learn = load_run(run, bs)
+    learn = load_run(run, bs, engine)
     c = learn.card
     return photo_probs(learn, df, tta, c['size'], c['method'], c.get('cache', True), bs)
 
@@ -193,7 +198,8 @@ def predict(runs, # Run folders (from one dataset; any mix of single-head and mu
             fit:bool=False, # Fit a plan on the runs' out-of-fold predictions (saved beside `out`), report its held-out gain, apply it
             force:bool=False, # Overwrite an existing `out` (and plan file)
             answers=None, # answers.csv to score against (default: the dataset's eval/answers.csv if present)
-            bs:int=64) -> dict:
+            bs:int=64, # Batch size
+            engine:str='torch') -> dict: # 'torch', or 'onnx' for the runs' model.onnx through onnxruntime
     "Write a checked submission from `runs`; return what was done and, when answers are known, its scores"
     runs, out = [Run(r) for r in runs], Path(out)
     check_ensemble(len(runs), vote, weights, plan, fit)
@@ -202,12 +208,12 @@ def predict(runs, # Run folders (from one dataset; any mix of single-head and mu
         if asked and f.exists() and not force: raise FileExistsError(f'{f} exists; pass --force true to overwrite it')
     root = Path(data) if data else runs[0].dataset()
     ev = read_eval(root)
-    res = dict(runs=[str(r.path) for r in runs], tta=tta, vote=vote, n=len(ev))
+    res = dict(runs=[str(r.path) for r in runs], tta=tta, vote=vote, engine=engine, n=len(ev))
     if fit:
         plan, res['oof_cv'] = fit_runs_plan(runs)
         res['plan_file'] = str(write_plan(plan, plan_file, force))
     elif plan is not None: plan = read_plan(plan, len(runs))
-    labels = ensemble_labels([run_probs(r, ev, tta, bs) for r in runs], vote, weights, plan)
+    labels = ensemble_labels([run_probs(r, ev, tta, bs, engine) for r in runs], vote, weights, plan)
     sub = pd.DataFrame(dict(ImageID=ev.ImageID.values, ans=labels.numpy()))
     res['submission'] = str(write_submission(sub, out, ev, force=force))
     ans = read_answers(root) if answers is None else pd.read_csv(answers, dtype={'ImageID': str}).assign(source=str(answers))

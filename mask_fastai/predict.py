@@ -26,12 +26,13 @@ def main(runs:str, # Run folder(s), space separated
          force:flag=False, # Overwrite an existing submission (and plan)
          answers:str=None, # answers.csv to score against (default: the dataset's, if present)
          bs:number(int, 1)=64, # Batch size
+         engine:choice('torch', 'onnx')='torch', # PyTorch, or onnxruntime on each run's model.onnx (python -m mask_fastai.export)
          debug:flag=False): # Show the full traceback of an error
     "Predict the eval set with one or more runs and write a checked submission"
     with cli_errors(debug, 'predict'):
         if images is None:
             res = predict_runs([runs, *more], data=data, out=out or 'submission.csv', tta=tta, vote=vote, weights=weights, plan=plan,
-                               fit=fit, force=force, answers=answers, bs=bs)
-        elif vote == 'hard' or plan or fit or data or answers: raise ValueError('--images predicts by a soft vote (with --weights); --vote hard, --plan, --fit, --data and --answers are for the eval set')
+                               fit=fit, force=force, answers=answers, bs=bs, engine=engine)
+        elif vote == 'hard' or plan or fit or data or answers or engine != 'torch': raise ValueError('--images predicts by a soft vote (with --weights); --vote hard, --plan, --fit, --data, --answers and --engine are for the eval set')
         else: res = predict_images([runs, *more], images, out or 'predictions.csv', tta, weights, force, bs)
     print(json.dumps(res, indent=2))

@@ -25,6 +25,7 @@ RUN_FILES = dict(
     card='model.json',             # what rebuilds and feeds the model without pickle
     weights='model.safetensors',   # the best epoch's weights
     export='export.pkl',           # fastai's export: loading it runs pickled code, so load only your own
+    onnx='model.onnx',             # the network for onnxruntime (python -m mask_fastai.export)
     oof='oof.csv',                 # validation probabilities per photo, for out-of-fold ensembles
     eval_probs='eval_probs.csv',   # eval probabilities per photo
     submission='submission.csv',   # checked against eval/info.csv

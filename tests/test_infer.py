@@ -127,3 +127,16 @@ def test_predict_a_folder_of_photos_without_info_csv(tiny_runs, sample, tmp_path
     assert (table.filter(regex=r'^p\d+$').sum(axis=1) - 1).abs().max() < 1e-4
     r = module('predict', tiny_runs[0], '--images', photos, '--vote', 'hard', '--out', tmp_path/'x.csv', cwd=tmp_path, check=False)
     assert r.returncode == 2 and 'soft vote' in r.stderr
+
+
+def test_export_onnx_and_predict_with_onnxruntime(tiny_runs, tmp_path):
+    run = Run(shutil.copytree(tiny_runs[1], tmp_path/'run'))            # the multi-task run
+    r = module('predict', run.path, '--engine', 'onnx', '--out', tmp_path/'x.csv', cwd=tmp_path, check=False)
+    assert r.returncode == 2 and 'python -m mask_fastai.export' in r.stderr
+    module('export', run.path, '--onnx', 'true', cwd=tmp_path)
+    assert run.file('onnx').stat().st_size > 0
+    torch_res = printed_json(module('predict', run.path, '--out', tmp_path/'torch.csv', cwd=tmp_path))
+    onnx_res = printed_json(module('predict', run.path, '--engine', 'onnx', '--out', tmp_path/'onnx.csv', cwd=tmp_path))
+    assert onnx_res['engine'] == 'onnx'
+    assert pd.read_csv(tmp_path/'onnx.csv').ans.tolist() == pd.read_csv(tmp_path/'torch.csv').ans.tolist()
+    assert onnx_res['scores'] == pytest.approx(torch_res['scores'])
