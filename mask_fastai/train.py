@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic', 'SaveBest', 'Checkpoint', 'trim_logs',
-           'load_checkpoint', 'EvalCurve', 'config_dls', 'config_learner', 'train_cbs', 'phase_fit_args', 'fit_recipe',
-           'model_card', 'save_run', 'wandb_start', 'wandb_epochs', 'top_losses_figure', 'wandb_finish', 'train_fold',
-           'train', 'summary_line', 'main']
+           'load_checkpoint', 'EvalCurve', 'config_dls', 'device_capability', 'choose_precision', 'config_learner',
+           'train_cbs', 'phase_fit_args', 'fit_recipe', 'model_card', 'save_run', 'wandb_start', 'wandb_epochs',
+           'top_losses_figure', 'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
@@ -138,6 +138,17 @@ def config_dls(cfg, df, fold:int):
     return mask_dls(df, fold=fold, size=cfg['size'], method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'],
                     oversample=cfg['oversample'], num_workers=workers)
 
+def device_capability():
+    "The compute capability of the CUDA device in use, or None on a CPU"
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+
+def choose_precision(precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16'
+                     capability=None): # The GPU's compute capability, such as (7, 5); None on a CPU
+    "The precision to train in: bf16 where the GPU runs it natively, fp16 on older GPUs, fp32 on a CPU, unless asked otherwise"
+    if precision == 'auto': return 'fp32' if capability is None else 'bf16' if tuple(capability) >= (8, 0) else 'fp16'
+    if precision != 'fp32' and capability is None: raise SettingError(f'--precision {precision} needs a CUDA GPU and this machine has none; use auto or fp32')
+    return precision
+
 def config_learner(cfg, dls, path=None):
     "The learner `cfg` describes over `dls`, writing into `path`"
     weight = class_weights(dls.train_ds.items.label, cfg['multitask']) if cfg['class_weighted'] else None
@@ -146,7 +157,9 @@ def config_learner(cfg, dls, path=None):
                          multitask=cfg['multitask'], xavier=cfg['xavier'], loss_func=loss, lin_ftrs=cfg['lin_ftrs'],
                          ps=cfg['ps'], opt_func=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], path=path or '.')
     if cfg['channels_last']: learn.to_channelslast(use_amp=False)
-    if torch.cuda.is_available(): learn.to_bf16()
+    precision = choose_precision(cfg['precision'], device_capability())
+    if precision == 'fp16': learn.to_fp16()
+    elif precision == 'bf16': learn.to_bf16()
     return learn
 
 # %% ../nbs/05_train.ipynb #d7b04e11
@@ -199,7 +212,8 @@ def model_card(cfg, classes) -> dict:
     mean, std = backbone_stats(cfg['arch'])
     return dict(arch=cfg['arch'], multitask=cfg['multitask'], label_mode='multitask' if cfg['multitask'] else 'single',
                 lin_ftrs=cfg['lin_ftrs'], ps=cfg['ps'], classes=list(classes), size=cfg['size'], method=cfg['method'],
-                mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'])
+                mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'],
+                precision=choose_precision(cfg['precision'], device_capability()))
 
 def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
@@ -296,6 +310,7 @@ def _finish(run:Run, res:dict, cfg) -> dict:
 # %% ../nbs/05_train.ipynb #8d387d46
 def _check_before_run(cfg):
     "Everything that can be checked before a run folder exists: (cfg with an absolute data path, photos, eval photos, answers)"
+    choose_precision(cfg['precision'], device_capability())
     root = dataset_root(cfg)
     if cfg['data'] is not None: cfg = {**cfg, 'data': str(root.resolve())}
     df = config_frame(cfg)

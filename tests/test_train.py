@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from mask_fastai.settings import resolve_config
 from mask_fastai.runs import Run, new_run, config_frame
-from mask_fastai.train import config_dls, config_learner
+from mask_fastai.train import config_dls, config_learner, choose_precision, device_capability
 from mask_fastai.inference import score_submission
 from conftest import TINY_FLAGS, module, only_run, in_process
 
@@ -25,6 +25,7 @@ def test_cli_end_to_end_writes_a_complete_run(sample, tmp_path):
         assert run.file(key).stat().st_size > 0, key
     assert not run.checkpoint_dir().exists() and not run.has('state')      # checkpoints go once the run has finished
     card = run.card()
+    assert card['precision'] == choose_precision('auto', device_capability())   # fp32 on a CPU
     assert card['multitask'] and card['label_mode'] == 'multitask' and len(card['classes']) == 18 and card['size'] == [48, 48]
     assert len(pd.read_csv(run.metrics_file('unfrozen'))) == 2
     oof = run.read_probs('oof')
@@ -109,6 +110,7 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--age-cuts', '60,30'], 'two increasing ages'),
     (['--tta', 'maybe'], "expected true or false, got 'maybe'"),
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
+    (['--precision', 'fp16'], 'needs a CUDA GPU'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
     code, err = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
