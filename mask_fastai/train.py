@@ -234,12 +234,12 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     return res
 
 # %% ../nbs/05_train.ipynb #87c9f4f0
-def wandb_start(cfg, run:Run, group=None, job=None):
+def wandb_start(cfg, run:Run, group=None, job=None, name=None):
     "Start the W&B run of `run` (offline unless WANDB_MODE says otherwise) with the resolved config, leaving the random state as it was"
     import wandb
     with no_random():   # wandb.init draws ids and may touch the global generators; the training must not notice
         wandb.init(project=cfg['wandb_project'] or os.environ.get('WANDB_PROJECT', 'mask_fastai'), entity=cfg['wandb_entity'],
-                   tags=cfg['wandb_tags'], group=group, job_type=job, name=f'{group}-{job}' if group else run.name, dir=str(run.path),
+                   tags=cfg['wandb_tags'], group=group, job_type=job, name=name or run.name, dir=str(run.path),
                    config={**cfg, 'run_dir': str(run.path)}, mode=os.environ.get('WANDB_MODE', 'offline'), reinit='finish_previous')
     return wandb
 
@@ -270,10 +270,10 @@ def wandb_finish(wandb, run:Run, res:dict, cfg, learn=None):
         wandb.log_artifact(art)
     wandb.finish()
 
-def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answers=None, group=None) -> dict:
-    "Train `fold` into `run` (continuing from `resume`; `group` names the W&B group of a fold); return its scores and minutes"
+def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answers=None, cbs=(), **wandb_args) -> dict:
+    "Train `fold` into `run` (continuing from `resume`, with extra callbacks `cbs`, W&B placed by `wandb_args`); return its scores and minutes"
     t0 = time.time()
-    wandb = wandb_start(cfg, run, group, f'fold{fold}' if group else None) if cfg['wandb'] else None
+    wandb = wandb_start(cfg, run, **wandb_args) if cfg['wandb'] else None
     set_seed(cfg['seed'] + fold)
     learn = config_learner(cfg, config_dls(cfg, df, fold), run.path)
     if resume and load_checkpoint(learn, run): trim_logs(run, resume, [n for n, _ in _phases(cfg)])
@@ -290,7 +290,7 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         curve = (learn.dls.test_dl(with_images(eval_df, cfg['size'], cfg['method'], cfg['cache']), bs=64), eval_labels(eval_df, answers))
     before = resume.get('minutes', 0.) if resume else 0.
     try:
-        fit_recipe(learn, cfg, run, resume, [wandb_epochs(learn)] if wandb else [], curve, (t0, before))
+        fit_recipe(learn, cfg, run, resume, [*([wandb_epochs(learn)] if wandb else []), *cbs], curve, (t0, before))
         res = save_run(learn, cfg, run, fold, eval_df, answers)
     except BaseException:
         if wandb: wandb.finish(exit_code=1)
@@ -323,23 +323,26 @@ def _check_before_run(cfg):
         except ImportError as e: raise SettingError(f"--wandb needs the wandb package ({e}): pip install 'mask_fastai[wandb]'") from None
     return cfg, df, eval_df, answers
 
-def _complete(run:Run, cfg, df, eval_df, answers) -> dict:
-    "Train whatever `run` still lacks, then merge and summarise"
+def _complete(run:Run, cfg, df, eval_df, answers, cbs=(), group=None) -> dict:
+    "Train whatever `run` still lacks (with extra callbacks `cbs`, in W&B group `group`), then merge and summarise"
     run.file('failed').unlink(missing_ok=True)
     state = lambda r: r.read_json('state') if r.has('state') else None
-    if cfg['folds'] != 'all': return _finish(run, train_fold(cfg, df, cfg['fold'], run, state(run), eval_df, answers), cfg)
+    if cfg['folds'] != 'all': return _finish(run, train_fold(cfg, df, cfg['fold'], run, state(run), eval_df, answers, cbs, group=group), cfg)
     for k, fold_run in enumerate(run.fold_runs()):
         if fold_run.status == 'finished': continue
         if not fold_run.has('config'): fold_run.write_config({**cfg, 'folds': None, 'fold': k})
         fold_cfg = fold_run.config()   # what the fold was started with, an lr_find result included
-        _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers, group=run.name), cfg)
+        _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers, cbs,
+                                     group=group or run.name, job=f'fold{k}', name=f'{run.name}-fold{k}'), cfg)
     res = merge_folds(run, eval_df, answers)
     res = _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
-    if cfg['wandb']: wandb_finish(wandb_start(cfg, run, run.name, 'merged'), run, res, cfg)
+    if cfg['wandb']: wandb_finish(wandb_start(cfg, run, group or run.name, 'merged', f'{run.name}-merged'), run, res, cfg)
     return res
 
 def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
-          resume=None) -> dict: # Or a run folder to complete
+          resume=None, # Or a run folder to complete
+          cbs=(), # Extra callbacks for every fit, such as a sweep's pruning
+          group:str=None) -> dict: # The W&B group of the run, such as its sweep
     "Run the recipe `cfg` describes into a new run folder, or complete the run folder `resume`; return its summary"
     if resume:
         run = Run(resume)
@@ -350,7 +353,7 @@ def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
         run = new_run(cfg['out'], cfg['name'] or cfg['arch'])
         run.write_config(cfg)
     print(f'run folder: {run.path}', flush=True)
-    try: return _complete(run, cfg, df, eval_df, answers)
+    try: return _complete(run, cfg, df, eval_df, answers, cbs, group)
     except Exception as e:
         run.mark_failed(f'{type(e).__name__}: {e}', traceback.format_exc())
         raise

@@ -22,11 +22,12 @@ def module(name, *args, cwd, check=True, **kw):
 
 
 def in_process(name, *args, capsys, monkeypatch):
-    "Run `python -m mask_fastai.<name> args` through the module's own entry in this process, without a new interpreter; (exit code, stderr)"
+    "Run `python -m mask_fastai.<name> args` through the module's own entry in this process, without a new interpreter"
     monkeypatch.setattr(sys, 'argv', [f'mask_fastai.{name}', *map(str, args)])
     try: runpy.run_module(f'mask_fastai.{name}', run_name='__main__'); code = 0
-    except SystemExit as e: code = e.code
-    return code, capsys.readouterr().err
+    except SystemExit as e: code = e.code or 0
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
 
 
 def only_run(out):

@@ -43,14 +43,14 @@ def test_a_tampered_card_cannot_steer_loading(tiny_runs, tmp_path, sample, capsy
     predict = lambda: in_process('predict', run.path, '--out', tmp_path/'s.csv', capsys=capsys, monkeypatch=monkeypatch)
     for weights in ('/etc/passwd', '../model.safetensors', 'export.pkl'):
         run.write_json('card', {**card, 'weights': weights})
-        code, err = predict()
-        assert code == 2 and 'a card may not point elsewhere' in err, err
+        r = predict()
+        assert r.returncode == 2 and 'a card may not point elsewhere' in r.stderr, r.stderr
     run.write_json('card', {**card, 'arch': 'hf-hub:timm/resnet18.a1_in1k'})
-    code, err = predict()
-    assert code == 2 and 'not a hub or file path' in err
+    r = predict()
+    assert r.returncode == 2 and 'not a hub or file path' in r.stderr
     run.file('card').write_text('{"arch": ')
-    code, err = predict()
-    assert code == 2 and 'model.json: damaged' in err
+    r = predict()
+    assert r.returncode == 2 and 'model.json: damaged' in r.stderr
     assert not (tmp_path/'s.csv').exists()
 
 

@@ -113,8 +113,8 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--precision', 'fp16'], 'needs a CUDA GPU'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    code, err = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
-    assert code == 2 and message in err and 'Traceback' not in err, err
+    r = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'runs').exists()
 
 
@@ -127,8 +127,8 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch,
 ])
 def test_bad_config_files_name_the_file_and_line(tmp_path, capsys, monkeypatch, name, text, message):
     (tmp_path/name).write_text(text)
-    code, err = in_process('train', '--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
-    assert code == 2 and message in err and 'Traceback' not in err, err
+    r = in_process('train', '--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'runs').exists()
 
 
