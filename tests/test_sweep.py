@@ -1,6 +1,5 @@
 "Sweeps: two workers share one SQLite study, trials are ordinary run folders, and a study resumes."
 import subprocess, sys
-from pathlib import Path
 import pytest
 from mask_fastai.runs import Run
 from conftest import TINY, module
