@@ -6,6 +6,7 @@
 __all__ = ['KINDS', 'read_space', 'suggest', 'PruneOnF1', 'sweep', 'best_runs', 'main']
 
 # %% ../nbs/10_sweep.ipynb #f6b6de9a
+import time
 from pathlib import Path
 import yaml
 from fastcore.script import call_parse
@@ -56,10 +57,15 @@ class PruneOnF1(Callback):
         if self.trial.should_prune(): raise optuna.TrialPruned(f'pruned after epoch {self.step-1} at macro F1 {f1:.4f}')
 
 # %% ../nbs/10_sweep.ipynb #0ab003fc
-def _storage(url:str):
-    "Optuna storage for `url`; SQLite waits for a lock held by another worker instead of failing"
-    import optuna
-    return optuna.storages.RDBStorage(url, engine_kwargs=dict(connect_args=dict(timeout=120))) if url.startswith('sqlite') else url
+def _storage(url:str, tries:int=10):
+    "Optuna storage for `url`; SQLite waits for a lock held by another worker, and a worker that races another creating the tables retries"
+    import optuna, sqlalchemy
+    if not url.startswith('sqlite'): return url
+    for i in range(tries):
+        try: return optuna.storages.RDBStorage(url, engine_kwargs=dict(connect_args=dict(timeout=120)))
+        except sqlalchemy.exc.DBAPIError:   # "table studies already exists", "UNIQUE constraint failed: alembic_version"
+            if i == tries - 1: raise
+            time.sleep(0.5*(i + 1))
 
 def sweep(space, # A space file (YAML: fixed settings and search ranges)
           trials:int=10, # Trials in the study, counted over all its workers
