@@ -33,7 +33,7 @@ def read_space(fn) -> dict:
         kind = [o for o in KINDS if o in (spec if isinstance(spec, dict) else {})]
         if len(kind) != 1: raise SettingError(f'{fn}: search: {k}: give one of float: [low, high], int: [low, high] or choice: [values]')
         if kind[0] != 'choice' and len(spec[kind[0]]) != 2: raise SettingError(f'{fn}: search: {k}: {kind[0]} takes [low, high]')
-        for v in (spec[kind[0]] if kind[0] == 'choice' else spec[kind[0]]): resolve_config(**{**fixed, k: v})
+        for v in spec[kind[0]]: resolve_config(**{**fixed, k: v})   # each end of a range, each choice, is a valid setting
     return dict(fixed=fixed, search=search)
 
 def suggest(trial, search:dict) -> dict:
