@@ -25,6 +25,7 @@ from .losses import *
 from .metrics import *
 from .models import *
 from .runs import *
+from .distributed import *
 
 # %% ../nbs/05_train.ipynb #cedc019c
 OPTIMIZERS = dict(adamw=Adam, adam=partial(Adam, decouple_wd=False), sgd=partial(SGD, mom=0.9))
@@ -63,7 +64,8 @@ class RunLogger(CSVLogger):
     def _write_line(self, log): super()._write_line([log[0] + self.offset, *log[1:]])
 
 def save_atomic(learn, name:str, with_opt:bool=False) -> Path:
-    "`learn.save(name)` through a temporary file and a rename, so a kill never leaves half a checkpoint"
+    "`learn.save(name)` through a temporary file and a rename, so a kill never leaves half a checkpoint; rank 0 alone writes"
+    if not is_main(): return None
     tmp = learn.save(f'{name}.tmp', with_opt=with_opt)
     final = tmp.with_name(f'{name}.pth')
     os.replace(tmp, final)
@@ -75,6 +77,9 @@ class SaveBest(SaveModelCallback):
         super().__init__(monitor='macro_f1', comp=np.greater, fname='best', reset_on_fit=False)
         if best is not None: self.best = best
     def _save(self, name): self.last_saved_path = save_atomic(self.learn, name)
+    def after_epoch(self):
+        if is_main(): return super().after_epoch()
+        TrackerCallback.after_epoch(self)   # the other ranks track the same best epoch, saying and saving nothing
     def after_fit(self, **kwargs): pass
 
 class Checkpoint(Callback):
@@ -112,8 +117,8 @@ class EvalCurve(Callback):
     def before_epoch(self): self.t0 = time.time()
     def after_epoch(self):
         self.minutes += (time.time() - self.t0)/60
-        self.model.eval()
-        with torch.no_grad(): probs = torch.cat([self.loss_func.activation(self.model(b[0])).float().cpu() for b in self.dl])
+        model = getattr(self.model, 'module', self.model).eval()   # rank 0 alone: not through DDP, whose forward waits for every rank
+        with torch.no_grad(): probs = torch.cat([self.loss_func.activation(model(b[0])).float().cpu() for b in self.dl])
         row = dict(phase=self.phase, epoch=self.epoch + self.offset, train_minutes=round(self.minutes, 3), **mask_scores(probs, self.labels))
         fn = self.run.file('eval_curve')
         pd.DataFrame([row]).to_csv(fn, mode='a', header=not fn.exists(), index=False)
@@ -195,14 +200,15 @@ def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, 
             if names.index(phase) < names.index(resume['phase']): continue
             if phase == resume['phase']: start = resume['epoch'] + 1
             if start >= n: continue
-        cbs = [best, *stop, RunLogger(run.metrics_file(phase).name, append=True, offset=start), Checkpoint(run, phase, best, start, clock),
-               *train_cbs(cfg), *extra_cbs]
-        if curve is not None:
+        cbs = [best, *stop, *train_cbs(cfg), *extra_cbs]
+        if is_main(): cbs += [RunLogger(run.metrics_file(phase).name, append=True, offset=start), Checkpoint(run, phase, best, start, clock)]
+        if curve is not None and is_main():
             done = pd.read_csv(run.file('eval_curve')).train_minutes.max() if run.has('eval_curve') else 0.
             cbs.append(EvalCurve(run, phase, *curve, offset=start, minutes=done))
         learn.freeze() if phase == 'frozen' else learn.unfreeze()
         learn.fit_one_cycle_from(n, start=start, cbs=cbs, **phase_fit_args(cfg, phase))
         if stop and learn.epoch < n - start - 1: break   # early stopping ended this phase: end the recipe
+    distrib_barrier()   # rank 0 has written the best epoch's weights
     if (run.checkpoint_dir()/'best.pth').exists(): learn.load('best', with_opt=False, weights_only=True)
     return learn
 
@@ -273,13 +279,21 @@ def wandb_finish(wandb, run:Run, res:dict, cfg, learn=None):
 def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answers=None, cbs=(), **wandb_args) -> dict:
     "Train `fold` into `run` (continuing from `resume`, with extra callbacks `cbs`, W&B placed by `wandb_args`); return its scores and minutes"
     t0 = time.time()
-    wandb = wandb_start(cfg, run, **wandb_args) if cfg['wandb'] else None
+    wandb = wandb_start(cfg, run, **wandb_args) if cfg['wandb'] and is_main() else None
     set_seed(cfg['seed'] + fold)
-    learn = config_learner(cfg, config_dls(cfg, df, fold), run.path)
-    if resume and load_checkpoint(learn, run): trim_logs(run, resume, [n for n, _ in _phases(cfg)])
+    with main_first(): dls = config_dls(cfg, df, fold)   # rank 0 fills the image cache, the others read it
+    learn = config_learner(cfg, dls, run.path)
+    report = RankReport()
+    learn.add_cb(report)
+    if processes() > 1:
+        learn.add_cb(RankTrainer())
+        if not is_main(): learn.remove_cb(ProgressCallback)
+    if resume and load_checkpoint(learn, run):
+        if is_main(): trim_logs(run, resume, [n for n, _ in _phases(cfg)])
     elif resume:
         resume = None
-        for f in [*run.path.glob('metrics_*.csv'), run.file('eval_curve')]: f.unlink(missing_ok=True)
+        if is_main():
+            for f in [*run.path.glob('metrics_*.csv'), run.file('eval_curve')]: f.unlink(missing_ok=True)
     if not resume and cfg['lr_find']:
         with learn.no_bar(): cfg = {**cfg, 'lr': float(learn.lr_find(show_plot=True).valley)}
         plt.savefig(run.file('lr_find')); plt.close('all')
@@ -291,16 +305,21 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
     before = resume.get('minutes', 0.) if resume else 0.
     try:
         fit_recipe(learn, cfg, run, resume, [*([wandb_epochs(learn)] if wandb else []), *cbs], curve, (t0, before))
-        res = save_run(learn, cfg, run, fold, eval_df, answers)
+        ranks = gather(report.report())
+        if not is_main(): return None
+        learn.remove_cbs(learn.cbs.filter(lambda cb: isinstance(cb, RankTrainer)))   # rank 0 predicts by itself from here
+        with alone(): res = save_run(learn, cfg, run, fold, eval_df, answers)
     except BaseException:
         if wandb: wandb.finish(exit_code=1)
         raise
     res = {**res, 'minutes': round(before + (time.time() - t0)/60, 2)}
+    if processes() > 1: res['processes'] = ranks
     if wandb: wandb_finish(wandb, run, res, cfg, learn)
     return res
 
 def _finish(run:Run, res:dict, cfg) -> dict:
-    "Write `run`'s summary, which marks it finished, and drop its checkpoints unless they are to be kept"
+    "Write `run`'s summary, which marks it finished, and drop its checkpoints unless they are to be kept (rank 0; the others have no `res`)"
+    if res is None: return None
     res = {**res, 'run_dir': str(run.path)}
     run.write_json('summary', res)
     if not cfg['keep_checkpoints']:
@@ -317,6 +336,7 @@ def _check_before_run(cfg):
     eval_df, answers = eval_set(root)
     if eval_df is not None and not len(eval_df): raise DataError(f"{root}: the eval set's info.csv lists no photos; remove eval/ or fill it")
     if cfg['eval_curve'] and (eval_df is None or answers is None): raise SettingError(f'--eval-curve needs eval/info.csv and eval/answers.csv, which {root} lacks')
+    if cfg['lr_find'] and processes() > 1: raise SettingError('--lr-find runs in one process: find the rate with a plain `python -m mask_fastai.train`, then launch with --lr')
     if cfg['pretrained']: pretrained_weights(cfg['arch'], cfg['weights'], cfg['hub'])
     if cfg['wandb']:
         try: import wandb
@@ -325,15 +345,17 @@ def _check_before_run(cfg):
 
 def _complete(run:Run, cfg, df, eval_df, answers, cbs=(), group=None) -> dict:
     "Train whatever `run` still lacks (with extra callbacks `cbs`, in W&B group `group`), then merge and summarise"
-    run.file('failed').unlink(missing_ok=True)
+    if is_main(): run.file('failed').unlink(missing_ok=True)
     state = lambda r: r.read_json('state') if r.has('state') else None
     if cfg['folds'] != 'all': return _finish(run, train_fold(cfg, df, cfg['fold'], run, state(run), eval_df, answers, cbs, group=group), cfg)
     for k, fold_run in enumerate(run.fold_runs()):
         if fold_run.status == 'finished': continue
-        if not fold_run.has('config'): fold_run.write_config({**cfg, 'folds': None, 'fold': k})
+        if is_main() and not fold_run.has('config'): fold_run.write_config({**cfg, 'folds': None, 'fold': k})
+        distrib_barrier()   # every rank reads the fold's config rank 0 wrote
         fold_cfg = fold_run.config()   # what the fold was started with, an lr_find result included
         _finish(fold_run, train_fold(fold_cfg, df, k, fold_run, state(fold_run), eval_df, answers, cbs,
                                      group=group or run.name, job=f'fold{k}', name=f'{run.name}-fold{k}'), cfg)
+    if not is_main(): return None
     res = merge_folds(run, eval_df, answers)
     res = _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
     if cfg['wandb']: wandb_finish(wandb_start(cfg, run, group or run.name, 'merged', f'{run.name}-merged'), run, res, cfg)
@@ -343,19 +365,22 @@ def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
           resume=None, # Or a run folder to complete
           cbs=(), # Extra callbacks for every fit, such as a sweep's pruning
           group:str=None) -> dict: # The W&B group of the run, such as its sweep
-    "Run the recipe `cfg` describes into a new run folder, or complete the run folder `resume`; return its summary"
+    "Run the recipe `cfg` describes into a new run folder, or complete the run folder `resume`; return its summary (on rank 0; None on the others)"
+    start_processes()
     if resume:
         run = Run(resume)
         if run.status == 'finished': return run.read_json('summary')
         cfg = run.config()
-    cfg, df, eval_df, answers = _check_before_run(resolve_config(**cfg))
+    with main_first(): cfg, df, eval_df, answers = _check_before_run(resolve_config(**cfg))   # rank 0 converts weights once
     if not resume:
-        run = new_run(cfg['out'], cfg['name'] or cfg['arch'])
-        run.write_config(cfg)
-    print(f'run folder: {run.path}', flush=True)
+        if is_main():
+            run = new_run(cfg['out'], cfg['name'] or cfg['arch'])
+            run.write_config(cfg)
+        run = Run(agree(str(run.path) if is_main() else None))   # one folder, named by rank 0
+    if is_main(): print(f'run folder: {run.path}' + (f' ({processes()} processes)' if processes() > 1 else ''), flush=True)
     try: return _complete(run, cfg, df, eval_df, answers, cbs, group)
     except Exception as e:
-        run.mark_failed(f'{type(e).__name__}: {e}', traceback.format_exc())
+        if is_main(): run.mark_failed(f'{type(e).__name__}: {e}', traceback.format_exc())
         raise
 
 # %% ../nbs/05_train.ipynb #9aa363a7
@@ -378,4 +403,5 @@ def main(config:str=None, # YAML or JSON settings file; flags given here overrid
     with cli_errors(debug, 'train'):
         flags = {k: v for k, v in given_flags(main).items() if k in settings} if is_cli() else settings
         if resume and (flags or config): raise SettingError('--resume takes no other settings: a run continues with those in its config.json')
-        print(summary_line(train(None if resume else resolve_config(config, **flags), resume=resume)))
+        res = train(None if resume else resolve_config(config, **flags), resume=resume)
+        if res: print(summary_line(res))

@@ -111,6 +111,7 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--tta', 'maybe'], "expected true or false, got 'maybe'"),
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
     (['--precision', 'fp16'], 'needs a CUDA GPU'),
+    (['--age-head', 'years'], '--age-head years needs the multi-task head'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
     r = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
@@ -174,3 +175,22 @@ def test_an_empty_eval_set_is_refused_before_training(sample_copy, tmp_path):
     r = cli(*TINY_FLAGS, '--data', sample_copy, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
     assert r.returncode == 2 and f'{info}: a header line but no rows' in r.stderr
     assert not (tmp_path/'runs').exists()
+
+
+def test_age_years_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path):
+    "--age-head years: the run reports its age error, fits the band cuts on its validation people, and predict uses the card's cuts"
+    from mask_fastai.inference import run_probs
+    from mask_fastai.metrics import mask_scores
+    r = module('train', *TINY_FLAGS, '--epochs', 1, '--multitask', 'true', '--age-head', 'years', '--out', tmp_path/'runs', cwd=tmp_path)
+    run = Run(only_run(tmp_path/'runs'))
+    valid, card = run.read_json('summary')['valid'], run.card()
+    assert 'valid age MAE' in r.stdout and 0 < valid['age_mae'] < 100
+    assert card['age_head'] == 'years' and card['band_cuts'] == valid['band_cuts'] and 20 <= card['band_cuts'][0] < card['band_cuts'][1] <= 75
+    assert 'age_mae' in pd.read_csv(run.metrics_file('unfrozen')).columns
+    oof = run.read_probs('oof')
+    probs = run_probs(run.path, oof[['path']])
+    assert abs(mask_scores(probs, oof.label.values)['macro_f1'] - valid['macro_f1']) < 1e-9   # predict reads the band as training did
+    card['band_cuts'] = [20, 21]   # other cuts, other band probabilities
+    run.file('card').write_text(json.dumps(card))
+    moved = run_probs(run.path, oof[['path']])
+    assert not torch.equal(moved, probs)
