@@ -348,10 +348,12 @@ def mask_block(size=TRAIN_DEFAULTS['size'], # Image size (height, width)
                method:str='squish', # Resize method: 'squish', 'crop' or 'pad'
                cuts=AGE_CUTS, # Age cuts, for the class names
                batch_tfms=None, # Batch transforms (default `mask_tfms()`)
-               image_col:str='path'): # Column holding the photo path (or its cached copy)
+               image_col:str='path', # Column holding the photo path (or its cached copy)
+               age_target:bool=False): # Also yield the age in years, a second target (for a model that regresses it)
     "The 18-class `DataBlock` over a `read_train` frame with an `is_valid` column"
-    return DataBlock(blocks=(ImageBlock(MaskImage), CategoryBlock(vocab=class_names(cuts), sort=False)),
-                     get_x=PhotoOf(image_col), get_y=ColReader('class_name'), splitter=ColSplitter('is_valid'),
+    ys = [CategoryBlock(vocab=class_names(cuts), sort=False), *([RegressionBlock()] if age_target else [])]
+    get_y = [ColReader('class_name'), ColReader('age')] if age_target else ColReader('class_name')
+    return DataBlock(blocks=(ImageBlock(MaskImage), *ys), n_inp=1, get_x=PhotoOf(image_col), get_y=get_y, splitter=ColSplitter('is_valid'),
                      item_tfms=_resize(size, method), batch_tfms=ifnone(batch_tfms, mask_tfms()))
 
 # %% ../nbs/01_data.ipynb #9e4f31e4
@@ -370,6 +372,7 @@ def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_fo
              bs:int=TRAIN_DEFAULTS['bs'], # Batch size
              cache:bool=True, # Decode and resize each photo once, into `ImageCache`
              oversample:str=None, # None, 'class' or 'age': weighted sampling of the training photos
+             age_target:bool=False, # Batches also carry the age in years (see `mask_block`)
              batch_tfms=None, # Batch transforms (default `mask_tfms()`)
              n_folds:int=5, seed:int=42, # Folds to make when `df` has no `fold` column
              **kwargs):
@@ -379,6 +382,6 @@ def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_fo
     if fold not in set(df.fold): raise ValueError(f'fold {fold} is not among the folds {sorted(set(df.fold))}')
     df['is_valid'] = df.fold == fold
     df = with_images(df, size, method, cache)
-    block = mask_block(size, method, df.attrs.get('age_cuts', AGE_CUTS), batch_tfms, image_col='image')
+    block = mask_block(size, method, df.attrs.get('age_cuts', AGE_CUTS), batch_tfms, image_col='image', age_target=age_target)
     if not oversample: return block.dataloaders(df, bs=bs, **kwargs)
     return block.weighted_dataloaders(df, wgts=sample_weights(df, oversample), bs=bs, **kwargs)

@@ -35,7 +35,8 @@ def load_run(run, bs:int=64, engine:str='torch') -> Learner:
     block = mask_block(card['size'], card['method'], tuple(card['age_cuts']), mask_tfms((card['mean'], card['std'])), image_col='image')
     blank = Image.new('RGB', tuple(card['size'][::-1]))   # fastai sets the transforms up on a couple of items
     seed = pd.DataFrame(dict(image=[blank, blank], class_name=card['classes'][0], is_valid=[False, True]))
-    learn = Learner(block.dataloaders(seed, bs=bs, num_workers=0), model, loss_func=MaskLoss(multitask=card['multitask']))
+    learn = Learner(block.dataloaders(seed, bs=bs, num_workers=0), model,
+                    loss_func=MaskLoss(multitask=card['multitask'], age_head=card.get('age_head', 'band'), age_cuts=card.get('band_cuts') or card['age_cuts']))
     learn.card = card
     return learn
 

@@ -69,10 +69,11 @@ def pretrained_weights(arch:str, # timm architecture name
 
 # %% ../nbs/02_models.ipynb #e25da91f
 class MultiTaskHead(nn.Module):
-    "Mask (3), gender (2) and age-band (3) heads over one body's `nf` features; logits concatenated"
-    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True):
+    "Mask (3), gender (2) and age-band (3) heads, and with `years` an age regression (1), over one body's `nf` features; outputs concatenated"
+    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True, years:bool=False):
         super().__init__()
-        self.heads = nn.ModuleList(create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in TASK_SIZES.values())
+        sizes = [*TASK_SIZES.values(), *([1] if years else [])]
+        self.heads = nn.ModuleList(create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in sizes)
     def forward(self, x): return torch.cat([h(x) for h in self.heads], dim=1)
 
 # %% ../nbs/02_models.ipynb #ce781e8f
@@ -100,6 +101,7 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                  weights=None, # A local weights file for `arch`
                  hub:bool=False, # Let timm try its hub download
                  multitask:bool=False, # Three task heads instead of one 18-way head
+                 age_head:str='band', # 'years': the multi-task head also regresses the age, which gives the band
                  xavier:bool=False, # Xavier-uniform instead of Kaiming initialisation of the head
                  loss_func=None, # Default `MaskLoss(multitask=multitask)`
                  metrics=None, # Default `mask_metrics()`
@@ -111,11 +113,11 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
     if normalize: backbone_normalize(dls, arch)
     init = nn.init.xavier_uniform_ if xavier else nn.init.kaiming_normal_
     learn = vision_learner(dls, arch, n_out=sum(TASK_SIZES.values()) if multitask else N_CLASSES, pretrained=pretrained,
-                           loss_func=ifnone(loss_func, MaskLoss(multitask=multitask)), metrics=ifnone(metrics, mask_metrics()),
+                           loss_func=ifnone(loss_func, MaskLoss(multitask=multitask, age_head=age_head)), metrics=ifnone(metrics, mask_metrics(age_head == 'years')),
                            init=init, lin_ftrs=lin_ftrs, ps=ps, normalize=False, **kwargs)
     if multitask:
         body = learn.model[0]
-        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool)
+        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool, years=age_head == 'years')
         apply_init(learn.model[1], init)
         learn.opt = None
         if pretrained: learn.freeze()
@@ -129,7 +131,7 @@ def save_model(model, fn):
 def model_from_card(card:dict, weights_file=None):
     "The network a model `card` describes, with `weights_file` (safetensors) loaded when given"
     dls = DataLoaders.from_dsets([], [])
-    learn = mask_learner(dls, card['arch'], pretrained=False, multitask=card['multitask'],
+    learn = mask_learner(dls, card['arch'], pretrained=False, multitask=card['multitask'], age_head=card.get('age_head', 'band'),
                          lin_ftrs=card.get('lin_ftrs'), ps=card.get('ps', .5), normalize=False)
     if weights_file: learn.model.load_state_dict(load_file(str(weights_file)))
     return learn.model.eval()

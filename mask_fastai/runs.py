@@ -214,8 +214,9 @@ def new_run(out, name:str) -> Run:
 
 # %% ../nbs/04_runs.ipynb #cb5577cd
 def score_eval(probs, eval_df, answers) -> dict:
-    "`mask_scores` of eval `probs` (rows in `eval_df` order) against `answers`"
-    return mask_scores(probs, eval_labels(eval_df, answers))
+    "`mask_scores` of eval `probs` (rows in `eval_df` order) against `answers`, with an interval over people when they name them (an `id` column)"
+    people = answers.drop_duplicates('ImageID').set_index('ImageID').id.reindex(eval_df.ImageID).to_numpy() if 'id' in answers else None
+    return mask_scores(probs, eval_labels(eval_df, answers), groups=people)
 
 def eval_set(root):
     "The eval photos and answers of dataset `root`: (frame or None, answers or None)"
@@ -235,7 +236,7 @@ def merge_folds(run:Run, eval_df=None, answers=None) -> dict:
     folds = run.fold_runs()
     oof = pd.concat([f.read_probs('oof') for f in folds], ignore_index=True)
     oof.to_csv(run.file('oof'), index=False)
-    res = dict(oof=mask_scores(prob_matrix(oof), oof.label.to_numpy()), folds=[str(f.path) for f in folds])
+    res = dict(oof=mask_scores(prob_matrix(oof), oof.label.to_numpy(), groups=oof.id.to_numpy()), folds=[str(f.path) for f in folds])
     if eval_df is not None:
         probs = torch.stack([prob_matrix(f.read_probs('eval_probs')) for f in folds]).mean(0)
         if score := run.write_eval(probs, eval_df, answers): res['eval'] = score
@@ -254,7 +255,7 @@ def _row(run:Run) -> dict:
     if row['status'] == 'finished':
         s = run.read_json('summary')
         valid = s.get('valid', s.get('oof', {}))   # a --folds all run is scored on its merged out-of-fold predictions
-        row.update(valid_macro_f1=valid.get('macro_f1'), **{f'eval_{k}': v for k, v in s.get('eval', {}).items()}, minutes=s.get('minutes'))
+        row.update(valid_macro_f1=valid.get('macro_f1'), valid_macro_f1_lo=valid.get('macro_f1_lo'), valid_macro_f1_hi=valid.get('macro_f1_hi'), **{f'eval_{k}': v for k, v in s.get('eval', {}).items()}, minutes=s.get('minutes'))
     elif row['status'] == 'failed': row['error'] = run.failure()
     return {**row, 'mb': round(run.size_mb(), 1)}
 

@@ -147,11 +147,14 @@ def train_settings(
     weights:maybe(text)=None, # Local pretrained weights file (a timm state dict)
     hub:flag=False, # Let timm try its hub download
     multitask:flag=False, # Mask, gender and age heads instead of one 18-way head
+    age_head:choice('band', 'years')='band', # years: the multi-task head also regresses the age, and the band is read from it with cuts fitted on the validation people (needs --multitask true)
     task_weights:numbers(float, 3, lo=0)=[1., 1., 1.], # Loss weights of the mask, gender and age heads
     lin_ftrs:maybe(numbers(int, lo=1))=None, # Hidden layer sizes of the head, such as 512
     ps:number(float, 0, 1, hi_open=True)=0.5, # Head dropout
     xavier:flag=False, # Xavier-uniform head initialisation instead of Kaiming
     size:image_size=[96, 72], # Image size: height,width, or one number for both
+    grow_from:maybe(image_size)=None, # Progressive resizing: the first --grow-epochs unfrozen epochs at this smaller size, the rest at --size, in one one-cycle schedule
+    grow_epochs:number(int, 0)=0, # Epochs at --grow-from
     method:choice('squish', 'crop', 'pad')='squish', # How photos are resized
     cache:flag=True, # Decode and resize each photo once, into the image cache
     bs:number(int, 1)=32, # Batch size
@@ -179,6 +182,7 @@ def train_settings(
     age_cuts:age_cut_pair=[30, 60], # Age band cuts
     fixes:flag=True, # Apply the known label fixes (only to the competition's dataset)
     on_error:choice('raise', 'skip')='raise', # Training photos that fail the data checks: raise lists them all, skip leaves them out, counted
+    budget:maybe(number(float, 0.1, 10_000))=None, # Minutes for the whole run, preparation and scoring included: a throughput probe sets --epochs to fit, the schedule ending annealed
     early_stop:number(int, 0)=0, # Stop after this many epochs without a better macro F1, 0 for never
     lr_find:flag=False, # Run lr_find, save its plot, train at its suggestion
     tta:flag=False, # TTA for the submission

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic', 'SaveBest', 'Checkpoint', 'trim_logs',
-           'load_checkpoint', 'EvalCurve', 'config_dls', 'device_capability', 'choose_precision', 'config_learner',
-           'train_cbs', 'phase_fit_args', 'fit_recipe', 'model_card', 'save_run', 'wandb_start', 'wandb_epochs',
-           'top_losses_figure', 'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
+           'load_checkpoint', 'EvalCurve', 'config_dls', 'sized_dls', 'device_capability', 'choose_precision',
+           'config_learner', 'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run',
+           'probe_rates', 'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure',
+           'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
@@ -18,6 +19,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from fastcore.script import call_parse, is_cli
 from fastai.vision.all import *
 from fastai.callback.mixup import MixUp, CutMix
+from copy import deepcopy   # after fastai's names, which include a `copy`
 from .core import *
 from .settings import *
 from .data import *
@@ -125,23 +127,30 @@ class EvalCurve(Callback):
 
 # %% ../nbs/05_train.ipynb #e48d91f8
 @patch
-def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=25., div_final=1e5, pct_start=0.25, moms=None, cbs=None):
-    "`fit_one_cycle` over `n_epoch` epochs, starting at epoch `start` of that schedule"
+def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=25., div_final=1e5, pct_start=0.25, moms=None, cbs=None, stop:int=None):
+    "`fit_one_cycle` over `n_epoch` epochs, fitting its epochs `start` to `stop` (default: to the end of that schedule)"
     if self.opt is None: self.create_opt()
     self.opt.set_hyper('lr', self.lr if lr_max is None else lr_max)
     lr_max = np.array([h['lr'] for h in self.opt.hypers])
     scheds = {'lr': combined_cos(pct_start, lr_max/div, lr_max, lr_max/div_final),
               'mom': combined_cos(pct_start, *(self.moms if moms is None else moms))}
-    a = start/n_epoch
-    tail = {k: (lambda f: lambda pos: f(a + pos*(1-a)))(f) for k, f in scheds.items()}
-    self.fit(n_epoch - start, cbs=ParamScheduler(tail) + L(cbs))
+    stop = ifnone(stop, n_epoch)
+    a, b = start/n_epoch, stop/n_epoch
+    part = {k: (lambda f: lambda pos: f(a + pos*(b-a)))(f) for k, f in scheds.items()}
+    self.fit(stop - start, cbs=ParamScheduler(part) + L(cbs))
 
 # %% ../nbs/05_train.ipynb #d7013af4
 def config_dls(cfg, df, fold:int):
     "The DataLoaders of `fold` with `cfg`'s size, transforms and sampling"
     workers = cfg['num_workers'] if cfg['num_workers'] is not None else defaults.cpus if torch.cuda.is_available() else 0
     return mask_dls(df, fold=fold, size=cfg['size'], method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'],
-                    oversample=cfg['oversample'], num_workers=workers)
+                    oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] == 'years')
+
+def sized_dls(cfg, df, fold:int, size):
+    "The loaders of `cfg` at another image `size` (progressive resizing), normalised for its backbone"
+    with main_first(): dls = config_dls({**cfg, 'size': list(size)}, df, fold)
+    backbone_normalize(dls, cfg['arch'])
+    return dls
 
 def device_capability():
     "The compute capability of the CUDA device in use, or None on a CPU"
@@ -157,9 +166,9 @@ def choose_precision(precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16'
 def config_learner(cfg, dls, path=None):
     "The learner `cfg` describes over `dls`, writing into `path`"
     weight = class_weights(dls.train_ds.items.label, cfg['multitask']) if cfg['class_weighted'] else None
-    loss = MaskLoss(cfg['loss'], cfg['multitask'], cfg['smoothing'], cfg['gamma'], weight, cfg['task_weights'])
+    loss = MaskLoss(cfg['loss'], cfg['multitask'], cfg['smoothing'], cfg['gamma'], weight, cfg['task_weights'], cfg['age_head'])
     learn = mask_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], weights=cfg['weights'], hub=cfg['hub'],
-                         multitask=cfg['multitask'], xavier=cfg['xavier'], loss_func=loss, lin_ftrs=cfg['lin_ftrs'],
+                         multitask=cfg['multitask'], age_head=cfg['age_head'], xavier=cfg['xavier'], loss_func=loss, lin_ftrs=cfg['lin_ftrs'],
                          ps=cfg['ps'], opt_func=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], path=path or '.')
     if cfg['channels_last']: learn.to_channelslast(use_amp=False)
     precision = choose_precision(cfg['precision'], device_capability())
@@ -189,9 +198,16 @@ def phase_fit_args(cfg, phase:str) -> dict:
     top = lr/2 if cfg['freeze_epochs'] else lr
     return dict(lr_max=slice(top/cfg['lr_mult'], top), pct_start=0.3, div=5.)
 
-def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, clock=None):
-    "Train `learn` through the recipe's phases, from the start or from a `resume` state; `clock` is (start time, minutes before)"
+def size_steps(cfg, phase:str, n:int, start:int=0) -> list:
+    "The (image size, first epoch, end epoch) steps of a recipe `phase` of `n` epochs from epoch `start`: with --grow-from, small first"
+    k = cfg['grow_epochs'] if phase == 'unfrozen' and cfg['grow_from'] else 0
+    steps = [(cfg['grow_from'], 0, k), (cfg['size'], k, n)]
+    return [(size, max(a, start), b) for size, a, b in steps if b > max(a, start)]
+
+def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, clock=None, dls_for=None):
+    "Train `learn` through the recipe's phases, from the start or from a `resume` state; `clock` is (start time, minutes before), `dls_for(size)` the loaders of another size"
     best = SaveBest(resume.get('best') if resume else None)
+    loaders = {tuple(cfg['size']): learn.dls}
     stop = [EarlyStoppingCallback(monitor='macro_f1', comp=np.greater, patience=cfg['early_stop'], reset_on_fit=False)] if cfg['early_stop'] else []
     names, clock = [n for n, _ in _phases(cfg)], clock or (time.time(), 0.)
     for phase, n in _phases(cfg):
@@ -200,37 +216,48 @@ def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, 
             if names.index(phase) < names.index(resume['phase']): continue
             if phase == resume['phase']: start = resume['epoch'] + 1
             if start >= n: continue
-        cbs = [best, *stop, *train_cbs(cfg), *extra_cbs]
-        if is_main(): cbs += [RunLogger(run.metrics_file(phase).name, append=True, offset=start), Checkpoint(run, phase, best, start, clock)]
-        if curve is not None and is_main():
-            done = pd.read_csv(run.file('eval_curve')).train_minutes.max() if run.has('eval_curve') else 0.
-            cbs.append(EvalCurve(run, phase, *curve, offset=start, minutes=done))
         learn.freeze() if phase == 'frozen' else learn.unfreeze()
-        learn.fit_one_cycle_from(n, start=start, cbs=cbs, **phase_fit_args(cfg, phase))
-        if stop and learn.epoch < n - start - 1: break   # early stopping ended this phase: end the recipe
+        for size, first, end in size_steps(cfg, phase, n, start):
+            if tuple(size) not in loaders: loaders[tuple(size)] = dls_for(size)
+            learn.dls = loaders[tuple(size)]
+            cbs = [best, *stop, *train_cbs(cfg), *extra_cbs]
+            if is_main(): cbs += [RunLogger(run.metrics_file(phase).name, append=True, offset=first), Checkpoint(run, phase, best, first, clock)]
+            if curve is not None and is_main():
+                done = pd.read_csv(run.file('eval_curve')).train_minutes.max() if run.has('eval_curve') else 0.
+                cbs.append(EvalCurve(run, phase, *curve, offset=first, minutes=done))
+            learn.fit_one_cycle_from(n, start=first, stop=end, cbs=cbs, **phase_fit_args(cfg, phase))
+            if stop and learn.epoch < end - first - 1: break   # early stopping ended this step
+        else: continue
+        break   # early stopping ends the recipe
+    learn.dls = loaders[tuple(cfg['size'])]
     distrib_barrier()   # rank 0 has written the best epoch's weights
     if (run.checkpoint_dir()/'best.pth').exists(): learn.load('best', with_opt=False, weights_only=True)
     return learn
 
 # %% ../nbs/05_train.ipynb #be9bcda2
-def model_card(cfg, classes) -> dict:
-    "What is needed to rebuild and feed the model of `cfg` without pickle"
+def model_card(cfg, classes, loss=None) -> dict:
+    "What is needed to rebuild and feed the model of `cfg` (trained with `loss`) without pickle"
     mean, std = backbone_stats(cfg['arch'])
     return dict(arch=cfg['arch'], multitask=cfg['multitask'], label_mode='multitask' if cfg['multitask'] else 'single',
                 lin_ftrs=cfg['lin_ftrs'], ps=cfg['ps'], classes=list(classes), size=cfg['size'], method=cfg['method'],
                 mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'],
-                precision=choose_precision(cfg['precision'], device_capability()))
+                precision=choose_precision(cfg['precision'], device_capability()), age_head=cfg['age_head'],
+                band_cuts=list(loss.age_cuts) if cfg['age_head'] == 'years' and loss is not None else None)
 
 def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
+    valid, loss = learn.dls.valid_ds.items, learn.loss_func
+    with learn.no_bar(): out, targs = learn.get_preds(dl=learn.dls.valid, act=noop)
+    out, labels = out.float(), (targs[0] if isinstance(targs, (list, tuple)) else targs).numpy()
+    if cfg['age_head'] == 'years': loss.age_cuts = fit_age_cuts(loss, out, labels)   # on people the model did not train on
+    probs = loss.activation(out)
     save_model(learn.model, run.file('weights'))
-    run.write_json('card', model_card(cfg, learn.dls.vocab))
-    valid = learn.dls.valid_ds.items
-    with learn.no_bar(): probs, targs = learn.get_preds(dl=learn.dls.valid)
-    run.write_probs('oof', probs.float(), path=valid.path.values, id=valid.id.values, fold=fold, label=valid.label.values)
-    res = dict(fold=fold, valid=mask_scores(probs.float(), targs.numpy()))
+    run.write_json('card', model_card(cfg, learn.dls.vocab, loss))
+    run.write_probs('oof', probs, path=valid.path.values, id=valid.id.values, fold=fold, label=valid.label.values)
+    res = dict(fold=fold, valid=mask_scores(probs, labels, groups=valid.id.values))
+    if cfg['age_head'] == 'years': res['valid'].update(age_mae=float((loss.years(out) - targs[1].float()).abs().mean()), band_cuts=list(loss.age_cuts))
     fig, ax = plt.subplots(figsize=(12, 12))
-    ConfusionMatrixDisplay.from_predictions(targs.numpy(), probs.argmax(1).numpy(), labels=range(N_CLASSES), display_labels=list(learn.dls.vocab),
+    ConfusionMatrixDisplay.from_predictions(labels, probs.argmax(1).numpy(), labels=range(N_CLASSES), display_labels=list(learn.dls.vocab),
                                             xticks_rotation='vertical', colorbar=False, ax=ax)
     fig.savefig(run.file('confusion'), bbox_inches='tight'); plt.close('all')
     if eval_df is not None:
@@ -238,6 +265,53 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
         if score := run.write_eval(eprobs, eval_df, answers): res['eval'] = score
     with learn.removed_cbs(learn.cbs.filter(lambda cb: isinstance(cb, ChannelsLast))): learn.export(run.file('export').name)
     return res
+
+# %% ../nbs/05_train.ipynb #af9822d5
+def probe_rates(learn, n_batches:int=8, warmup:int=2) -> tuple:
+    "Training and scoring photos per second of `learn` over `n_batches` batches after `warmup` untimed ones, on a copy of its model"
+    model = deepcopy(learn.model)
+    for p in model.parameters(): p.requires_grad_(True)   # the unfrozen epochs, which are most of a run
+    opt = torch.optim.SGD(model.parameters(), lr=0.)
+    def rate(dl, train):
+        model.train(train)
+        n, t0 = 0, time.perf_counter()
+        for i, b in enumerate(dl):
+            if i == min(warmup, len(dl) - 1): n, t0 = 0, time.perf_counter()   # the first batches start the loader and allocate
+            xb, *ys = [t.as_subclass(torch.Tensor) for t in b]   # plain tensors: fastai's types are for its own loop
+            with torch.set_grad_enabled(train):
+                out = model(xb)
+                if train: learn.loss_func(out, *ys).backward(); opt.step(); opt.zero_grad()
+            n += len(xb)
+            if i == warmup + n_batches - 1: break
+        return n/(time.perf_counter() - t0)
+    return rate(learn.dls.train, True), rate(learn.dls.valid, False)
+
+def plan_epochs(budget:float, # Minutes for the whole run
+                spent:float, # Minutes already spent (reading data, building the cache, the probe)
+                train_photos:int, # Photos trained on per epoch (by one process)
+                epoch_scored:int, # Photos scored after every epoch (validation, and the eval set with --eval-curve)
+                final_scored:int, # Photos scored once at the end (validation, eval set, TTA passes)
+                train_rate:float, score_rate:float, # Photos per second
+                margin:float=0.1) -> int: # Fraction of the budget held back
+    "The most epochs whose training, per-epoch scoring and final scoring fit in what is left of `budget`, less a margin"
+    epoch = (train_photos/train_rate + epoch_scored/score_rate)/60
+    left = budget*(1 - margin) - spent - final_scored/score_rate/60
+    if left < epoch: raise SettingError(f'--budget {budget:g}: one epoch takes about {epoch:.1f} minutes and {max(left, 0):.1f} are left '
+                                        f'after preparation and scoring; give more minutes, or a smaller --size')
+    return int(left // epoch)
+
+# %% ../nbs/05_train.ipynb #494bc133
+def budget_cfg(learn, cfg, spent:float, n_eval:int=0) -> tuple:
+    "`cfg` with the epochs its `budget` allows for `learn` (`spent` minutes in, `n_eval` eval photos to score), and the plan"
+    train_rate, score_rate = probe_rates(learn)
+    n_valid, tta_passes = len(learn.dls.valid_ds), 5 if cfg['tta'] else 1   # fastai's tta: four augmented passes and a plain one
+    epochs = plan_epochs(cfg['budget'], spent, len(learn.dls.train_ds)//processes(),
+                         n_valid + (n_eval if cfg['eval_curve'] else 0), n_valid + n_eval*tta_passes, train_rate, score_rate)
+    plan = agree(dict(budget=cfg['budget'], probe_train_img_s=round(train_rate, 1), probe_score_img_s=round(score_rate, 1),
+                      planned_epochs=epochs, freeze_epochs=min(cfg['freeze_epochs'], epochs - 1)))
+    unfrozen = plan['planned_epochs'] - plan['freeze_epochs']
+    grow = min(cfg['grow_epochs'], unfrozen - 1)   # at least one epoch at the full size
+    return {**cfg, 'freeze_epochs': plan['freeze_epochs'], 'epochs': unfrozen, 'grow_epochs': grow, 'grow_from': cfg['grow_from'] if grow else None}, plan
 
 # %% ../nbs/05_train.ipynb #87c9f4f0
 def wandb_start(cfg, run:Run, group=None, job=None, name=None):
@@ -294,6 +368,11 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         resume = None
         if is_main():
             for f in [*run.path.glob('metrics_*.csv'), run.file('eval_curve')]: f.unlink(missing_ok=True)
+    plan = None
+    if not resume and cfg['budget']:
+        cfg, plan = budget_cfg(learn, cfg, (time.time() - t0)/60, 0 if eval_df is None else len(eval_df))
+        if is_main(): run.write_config(cfg)
+        if wandb: wandb.config.update(dict(epochs=cfg['epochs'], freeze_epochs=cfg['freeze_epochs']), allow_val_change=True)
     if not resume and cfg['lr_find']:
         with learn.no_bar(): cfg = {**cfg, 'lr': float(learn.lr_find(show_plot=True).valley)}
         plt.savefig(run.file('lr_find')); plt.close('all')
@@ -304,7 +383,7 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         curve = (learn.dls.test_dl(with_images(eval_df, cfg['size'], cfg['method'], cfg['cache']), bs=64), eval_labels(eval_df, answers))
     before = resume.get('minutes', 0.) if resume else 0.
     try:
-        fit_recipe(learn, cfg, run, resume, [*([wandb_epochs(learn)] if wandb else []), *cbs], curve, (t0, before))
+        fit_recipe(learn, cfg, run, resume, [*([wandb_epochs(learn)] if wandb else []), *cbs], curve, (t0, before), partial(sized_dls, cfg, df, fold))
         ranks = gather(report.report())
         if not is_main(): return None
         learn.remove_cbs(learn.cbs.filter(lambda cb: isinstance(cb, RankTrainer)))   # rank 0 predicts by itself from here
@@ -314,6 +393,7 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         raise
     res = {**res, 'minutes': round(before + (time.time() - t0)/60, 2)}
     if processes() > 1: res['processes'] = ranks
+    if cfg['budget']: res['budget'] = {**(plan or dict(budget=cfg['budget'])), 'spent_minutes': res['minutes']}
     if wandb: wandb_finish(wandb, run, res, cfg, learn)
     return res
 
@@ -336,6 +416,10 @@ def _check_before_run(cfg):
     eval_df, answers = eval_set(root)
     if eval_df is not None and not len(eval_df): raise DataError(f"{root}: the eval set's info.csv lists no photos; remove eval/ or fill it")
     if cfg['eval_curve'] and (eval_df is None or answers is None): raise SettingError(f'--eval-curve needs eval/info.csv and eval/answers.csv, which {root} lacks')
+    if cfg['age_head'] == 'years' and not cfg['multitask']: raise SettingError('--age-head years needs the multi-task head: add --multitask true')
+    if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
+    if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
+    if cfg['grow_epochs'] >= cfg['epochs'] > 0: raise SettingError(f"--grow-epochs {cfg['grow_epochs']} leaves none of the {cfg['epochs']} --epochs at --size; give fewer")
     if cfg['lr_find'] and processes() > 1: raise SettingError('--lr-find runs in one process: find the rate with a plain `python -m mask_fastai.train`, then launch with --lr')
     if cfg['pretrained']: pretrained_weights(cfg['arch'], cfg['weights'], cfg['hub'])
     if cfg['wandb']:
@@ -386,10 +470,11 @@ def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
 # %% ../nbs/05_train.ipynb #9aa363a7
 def summary_line(res) -> str:
     "One line: where the run is and what it scored"
+    def score(s): return f"{s['macro_f1']:.4f}" + (f" [{s['macro_f1_lo']:.3f}, {s['macro_f1_hi']:.3f}]" if 'macro_f1_lo' in s else '')
     parts = [f"run {res['run_dir']}"]
-    if 'valid' in res: parts.append(f"valid macro F1 {res['valid']['macro_f1']:.4f}")
-    if 'oof' in res: parts.append(f"out-of-fold macro F1 {res['oof']['macro_f1']:.4f}")
-    if 'eval' in res: parts.append(f"dev-eval macro F1 {res['eval']['macro_f1']:.4f}")
+    for part, name in (('valid', 'valid'), ('oof', 'out-of-fold'), ('eval', 'dev-eval')):
+        if part in res: parts.append(f"{name} macro F1 {score(res[part])}")
+    if 'age_mae' in res.get('valid', {}): parts.append(f"valid age MAE {res['valid']['age_mae']:.1f} years")
     return ' | '.join(parts + ([f"{res['minutes']:.1f} min"] if res.get('minutes') is not None else []))
 
 # %% ../nbs/05_train.ipynb #28b3d04f

@@ -10,7 +10,7 @@ from mask_fastai.settings import resolve_config
 from mask_fastai.runs import Run, new_run, config_frame
 from mask_fastai.train import config_dls, config_learner, choose_precision, device_capability
 from mask_fastai.inference import score_submission
-from conftest import TINY_FLAGS, module, only_run, in_process
+from conftest import TINY, TINY_FLAGS, module, only_run, in_process
 
 
 def cli(*args, cwd, check=True, **kw): return module('train', *args, cwd=cwd, check=check, **kw)
@@ -112,6 +112,8 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
     (['--precision', 'fp16'], 'needs a CUDA GPU'),
     (['--age-head', 'years'], '--age-head years needs the multi-task head'),
+    (['--folds', 'all', '--budget', '5'], '--budget plans one run'),
+    (['--budget', '0'], 'must be >= 0.1'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
     r = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
@@ -194,3 +196,28 @@ def test_age_years_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path):
     run.file('card').write_text(json.dumps(card))
     moved = run_probs(run.path, oof[['path']])
     assert not torch.equal(moved, probs)
+
+
+def test_budget_plans_the_epochs_it_trains(sample, tmp_path):
+    "--budget: a throughput probe sets the epochs; the config, the log and the summary agree on the plan"
+    module('train', *TINY_FLAGS, '--budget', 0.2, '--out', tmp_path/'runs', cwd=tmp_path)
+    run = Run(only_run(tmp_path/'runs'))
+    plan, cfg = run.read_json('summary')['budget'], run.config()
+    assert plan['budget'] == 0.2 and plan['planned_epochs'] == cfg['epochs'] + cfg['freeze_epochs'] > 1
+    assert plan['probe_train_img_s'] > 0 and plan['spent_minutes'] > 0
+    assert len(pd.read_csv(run.metrics_file('unfrozen'))) == cfg['epochs']
+
+
+def test_progressive_resizing_changes_the_size_between_steps(sample, tmp_path):
+    "--grow-from 32,32 --grow-epochs 1: the first epoch trains on 32x32 batches, the second on 48x48, logged as one schedule"
+    from fastai.callback.core import Callback
+    from mask_fastai.train import train
+    class Sizes(Callback):
+        def __init__(self): self.fits = []
+        def before_fit(self): self.fits.append(set())
+        def before_batch(self): self.fits[-1].add((self.training, tuple(self.xb[0].shape[-2:])))
+    sizes = Sizes()
+    res = train(resolve_config(out=str(tmp_path/'runs'), epochs=2, grow_from=[32, 32], grow_epochs=1, **TINY), cbs=[sizes])
+    assert sizes.fits == [{(True, (32, 32)), (False, (32, 32))}, {(True, (48, 48)), (False, (48, 48))}]
+    run = Run(res['run_dir'])
+    assert pd.read_csv(run.metrics_file('unfrozen')).epoch.tolist() == [0, 1] and run.card()['size'] == [48, 48]
