@@ -306,6 +306,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train._finish': ('train.html#_finish', 'mask_fastai/train.py'),
                                    'mask_fastai.train._phases': ('train.html#_phases', 'mask_fastai/train.py'),
                                    'mask_fastai.train.budget_cfg': ('train.html#budget_cfg', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.choose_compile': ('train.html#choose_compile', 'mask_fastai/train.py'),
                                    'mask_fastai.train.choose_precision': ('train.html#choose_precision', 'mask_fastai/train.py'),
                                    'mask_fastai.train.config_dls': ('train.html#config_dls', 'mask_fastai/train.py'),
                                    'mask_fastai.train.config_learner': ('train.html#config_learner', 'mask_fastai/train.py'),
@@ -328,6 +329,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train.train_cbs': ('train.html#train_cbs', 'mask_fastai/train.py'),
                                    'mask_fastai.train.train_fold': ('train.html#train_fold', 'mask_fastai/train.py'),
                                    'mask_fastai.train.trim_logs': ('train.html#trim_logs', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.uncompiled': ('train.html#uncompiled', 'mask_fastai/train.py'),
                                    'mask_fastai.train.wandb_epochs': ('train.html#wandb_epochs', 'mask_fastai/train.py'),
                                    'mask_fastai.train.wandb_finish': ('train.html#wandb_finish', 'mask_fastai/train.py'),
                                    'mask_fastai.train.wandb_start': ('train.html#wandb_start', 'mask_fastai/train.py')}}}

@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic', 'SaveBest', 'Checkpoint', 'trim_logs',
            'load_checkpoint', 'EvalCurve', 'config_dls', 'sized_dls', 'device_capability', 'choose_precision',
-           'config_learner', 'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run',
-           'probe_rates', 'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure',
-           'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
+           'choose_compile', 'uncompiled', 'config_learner', 'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe',
+           'model_card', 'save_run', 'probe_rates', 'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs',
+           'top_losses_figure', 'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib; matplotlib.use('Agg')
@@ -163,6 +164,19 @@ def choose_precision(precision:str='auto', # 'auto', 'fp32', 'fp16' or 'bf16'
     if precision != 'fp32' and capability is None: raise SettingError(f'--precision {precision} needs a CUDA GPU and this machine has none; use auto or fp32')
     return precision
 
+def choose_compile(setting:str='auto', # 'auto', 'true' or 'false'
+                   capability=None) -> bool: # The GPU's compute capability; None on a CPU
+    "Whether to `torch.compile` the model: for auto, on a GPU only, since on a CPU the compile takes minutes to pay back"
+    return capability is not None if setting == 'auto' else setting == 'true'
+
+@contextmanager
+def uncompiled(model):
+    "Within the block `model` (compiled in place by `nn.Module.compile`) runs and pickles as plain eager code"
+    compiled = getattr(model, '_compiled_call_impl', None)
+    model._compiled_call_impl = None
+    try: yield model
+    finally: model._compiled_call_impl = compiled
+
 def config_learner(cfg, dls, path=None):
     "The learner `cfg` describes over `dls`, writing into `path`"
     weight = class_weights(dls.train_ds.items.label, cfg['multitask']) if cfg['class_weighted'] else None
@@ -174,6 +188,7 @@ def config_learner(cfg, dls, path=None):
     precision = choose_precision(cfg['precision'], device_capability())
     if precision == 'fp16': learn.to_fp16()
     elif precision == 'bf16': learn.to_bf16()
+    if choose_compile(cfg['torch_compile'], device_capability()): learn.model.compile()   # in place: weights keep their names
     return learn
 
 # %% ../nbs/05_train.ipynb #d7b04e11
@@ -263,13 +278,13 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     if eval_df is not None:
         eprobs = photo_probs(learn, eval_df, cfg['tta'], cfg['size'], cfg['method'], cfg['cache'])
         if score := run.write_eval(eprobs, eval_df, answers): res['eval'] = score
-    with learn.removed_cbs(learn.cbs.filter(lambda cb: isinstance(cb, ChannelsLast))): learn.export(run.file('export').name)
+    with learn.removed_cbs(learn.cbs.filter(lambda cb: isinstance(cb, ChannelsLast))), uncompiled(learn.model): learn.export(run.file('export').name)
     return res
 
 # %% ../nbs/05_train.ipynb #af9822d5
 def probe_rates(learn, n_batches:int=8, warmup:int=2) -> tuple:
     "Training and scoring photos per second of `learn` over `n_batches` batches after `warmup` untimed ones, on a copy of its model"
-    model = deepcopy(learn.model)
+    with uncompiled(learn.model): model = deepcopy(learn.model)   # eager: a compiled copy would compile again
     for p in model.parameters(): p.requires_grad_(True)   # the unfrozen epochs, which are most of a run
     opt = torch.optim.SGD(model.parameters(), lr=0.)
     def rate(dl, train):

@@ -91,3 +91,13 @@ def test_size_method_and_channels_last(frame):
     assert resize.method == 'pad'
     assert not any(isinstance(c, ChannelsLast) for c in learn.cbs)
     assert any(isinstance(c, ChannelsLast) for c in build(frame)[1].cbs)
+
+
+def test_torch_compile_follows_the_device_unless_asked(frame):
+    "auto leaves the model eager on a CPU; true compiles it in place, its weights keeping their names"
+    from mask_fastai.train import uncompiled
+    eager, compiled = build(frame)[1].model, build(frame, torch_compile='true')[1].model
+    assert getattr(eager, '_compiled_call_impl', None) is None and compiled._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    with uncompiled(compiled): assert compiled._compiled_call_impl is None
+    assert compiled._compiled_call_impl is not None
