@@ -255,7 +255,8 @@ def _row(run:Run) -> dict:
     if row['status'] == 'finished':
         s = run.read_json('summary')
         valid = s.get('valid', s.get('oof', {}))   # a --folds all run is scored on its merged out-of-fold predictions
-        row.update(valid_macro_f1=valid.get('macro_f1'), valid_macro_f1_lo=valid.get('macro_f1_lo'), valid_macro_f1_hi=valid.get('macro_f1_hi'), **{f'eval_{k}': v for k, v in s.get('eval', {}).items()}, minutes=s.get('minutes'))
+        row.update(valid_macro_f1=valid.get('macro_f1'), valid_macro_f1_lo=valid.get('macro_f1_lo'), valid_macro_f1_hi=valid.get('macro_f1_hi'),
+                   valid_age_mae=valid.get('age_mae'), **{f'eval_{k}': v for k, v in s.get('eval', {}).items()}, minutes=s.get('minutes'))
     elif row['status'] == 'failed': row['error'] = run.failure()
     return {**row, 'mb': round(run.size_mb(), 1)}
 

@@ -189,6 +189,8 @@ def test_age_years_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path):
     assert 'valid age MAE' in r.stdout and 0 < valid['age_mae'] < 100
     assert card['age_head'] == 'years' and card['band_cuts'] == valid['band_cuts'] and 20 <= card['band_cuts'][0] < card['band_cuts'][1] <= 75
     assert 'age_mae' in pd.read_csv(run.metrics_file('unfrozen')).columns
+    from mask_fastai.runs import compare_runs
+    assert compare_runs([run.path]).valid_age_mae.iloc[0] == valid['age_mae']
     oof = run.read_probs('oof')
     probs = run_probs(run.path, oof[['path']])
     assert abs(mask_scores(probs, oof.label.values)['macro_f1'] - valid['macro_f1']) < 1e-9   # predict reads the band as training did
