@@ -250,6 +250,10 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['folds'] == 'all' and cfg['fold'] != 0: raise SettingError('--fold and --folds all exclude each other: --folds all trains every fold')
     if cfg['fold'] >= cfg['n_folds']: raise SettingError(f"--fold {cfg['fold']} is not a fold of --n-folds {cfg['n_folds']} (0..{cfg['n_folds']-1})")
     if cfg['epochs'] + cfg['freeze_epochs'] < 1: raise SettingError('--epochs and --freeze-epochs are both 0: nothing would be trained')
+    if cfg['age_head'] == 'years' and not cfg['multitask']: raise SettingError('--age-head years needs the multi-task head: add --multitask true')
+    if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
+    if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
+    if cfg['grow_epochs'] >= cfg['epochs'] > 0: raise SettingError(f"--grow-epochs {cfg['grow_epochs']} leaves none of the {cfg['epochs']} --epochs at --size; give fewer")
     return cfg
 
 # %% ../nbs/00a_settings.ipynb #05524ed4

@@ -431,10 +431,6 @@ def _check_before_run(cfg):
     eval_df, answers = eval_set(root)
     if eval_df is not None and not len(eval_df): raise DataError(f"{root}: the eval set's info.csv lists no photos; remove eval/ or fill it")
     if cfg['eval_curve'] and (eval_df is None or answers is None): raise SettingError(f'--eval-curve needs eval/info.csv and eval/answers.csv, which {root} lacks')
-    if cfg['age_head'] == 'years' and not cfg['multitask']: raise SettingError('--age-head years needs the multi-task head: add --multitask true')
-    if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
-    if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
-    if cfg['grow_epochs'] >= cfg['epochs'] > 0: raise SettingError(f"--grow-epochs {cfg['grow_epochs']} leaves none of the {cfg['epochs']} --epochs at --size; give fewer")
     if cfg['lr_find'] and processes() > 1: raise SettingError('--lr-find runs in one process: find the rate with a plain `python -m mask_fastai.train`, then launch with --lr')
     if cfg['pretrained']: pretrained_weights(cfg['arch'], cfg['weights'], cfg['hub'])
     if cfg['wandb']:
