@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['LABEL_FIXES', 'TRAIN_COLS', 'DataError', 'Problems', 'open_image', 'MaskTensorImage', 'MaskImage', 'PhotoOf',
            'check_image', 'apply_fixes', 'add_labels', 'read_csv_checked', 'read_train', 'read_eval', 'read_answers',
-           'eval_labels', 'check_submission', 'write_submission', 'profile_folds', 'ImageCache', 'with_images',
-           'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls']
+           'eval_labels', 'check_submission', 'write_submission', 'profile_folds', 'cache_key', 'ImageCache',
+           'with_images', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls']
 
 # %% ../nbs/01_data.ipynb #59916865
 import os, hashlib, unicodedata, warnings, tempfile
@@ -65,10 +65,13 @@ class MaskImage(PILImage):
         return cls(open_image(fn)) if isinstance(fn, (str, Path, Image.Image, np.ndarray)) else super().create(fn, **kwargs)
 
 class PhotoOf(Transform):
-    "The DataBlock's `get_x`: a frame row's `col` (the photo's file), or the item itself (a path, PIL image or array), so `learn.predict` takes any photo"
+    "The DataBlock's `get_x`: a frame row's `col` (cut to its `col`_crop box when it has one), or the item itself (a path, PIL image or array) through `crop`, so `learn.predict` takes any photo"
     input_types = (pd.Series, str, Path, Image.Image, np.ndarray)   # fastai's test_dl checks an input against these
-    def __init__(self, col:str='image'): super().__init__(); self.col = col
-    def encodes(self, x): return x[self.col] if isinstance(x, pd.Series) else x
+    def __init__(self, col:str='image', crop=None): super().__init__(); self.col, self.crop = col, crop
+    def encodes(self, x):
+        if not isinstance(x, pd.Series): return MaskImage(self.crop(x)) if self.crop else x   # typed, so fastai does not cast the crop back to the input's class
+        box = x.get(f'{self.col}_crop')
+        return open_image(x[self.col]).crop(tuple(box)) if isinstance(box, (tuple, list)) else x[self.col]
 
 # %% ../nbs/01_data.ipynb #490a1fef
 def check_image(fn, full:bool=False):
@@ -295,6 +298,11 @@ def profile_folds(df, n_folds:int=5, seed:int=42):
     return folds
 
 # %% ../nbs/01_data.ipynb #ad57c72a
+def cache_key(fn, *extra) -> str:
+    "Key of photo file `fn` (and `extra` values): its absolute path, modification time and byte size, so it changes when the file does"
+    st = os.stat(fn)
+    return hashlib.sha1('|'.join(map(str, [os.path.abspath(fn), st.st_mtime_ns, st.st_size, *extra])).encode()).hexdigest()
+
 def _resize(size, method):
     "The deterministic (validation-time) `Resize` for `size`"
     return Resize(size, method=method, pad_mode=PadMode.Zeros)
@@ -305,36 +313,39 @@ class ImageCache:
         self.size, self.method, self.quality = tuplify(size)*(2 if isinstance(size, int) else 1), method, quality
         self.root = Path(root) if root else cache_dir('images', f'{self.size[0]}x{self.size[1]}_{method}')
 
-    def file(self, fn) -> Path:
-        "Where the cached copy of `fn` lives"
-        st = os.stat(fn)
-        key = hashlib.sha1(f'{os.path.abspath(fn)}|{st.st_mtime_ns}|{st.st_size}'.encode()).hexdigest()
+    def file(self, fn, crop=None) -> Path:
+        "Where the cached copy of `fn` (cut to pixel box `crop`) lives"
+        key = cache_key(fn, *([tuple(crop)] if crop else []))
         return self.root/key[:2]/f'{key}.jpg'
 
-    def build(self, fn) -> str:
-        "Path of the cached copy of `fn`, made if missing"
-        out = self.file(fn)
+    def build(self, fn, crop=None) -> str:
+        "Path of the cached copy of `fn` (cut to pixel box `crop`), made if missing"
+        out = self.file(fn, crop)
         if not out.exists():
-            im = _resize(self.size, self.method)(PILImage(open_image(fn)), split_idx=1)
+            im = open_image(fn)
+            im = _resize(self.size, self.method)(PILImage(im.crop(tuple(crop)) if crop else im), split_idx=1)
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f'.{os.getpid()}.tmp')
             im.save(tmp, format='JPEG', quality=self.quality); os.replace(tmp, out)
         return str(out)
 
-    def __call__(self, fns, n_workers:int=defaults.cpus):
-        "Cached paths for all `fns`, building the missing ones in parallel"
-        return list(parallel(self.build, list(fns), n_workers=n_workers, threadpool=True, progress=False))
+    def __call__(self, fns, crops=None, n_workers:int=defaults.cpus):
+        "Cached paths for all `fns` (cut to their pixel boxes `crops`), building the missing ones in parallel"
+        crops = [None]*len(fns) if crops is None else list(crops)
+        return list(parallel(lambda fc: self.build(*fc), list(zip(fns, crops)), n_workers=n_workers, threadpool=True, progress=False))
 
 # %% ../nbs/01_data.ipynb #76d7df6d
-def with_images(df, # A frame with a `path` column of photos (files, or PIL images and arrays already in memory)
+def with_images(df, # A frame with a `path` column of photos (files, or PIL images and arrays already in memory), and maybe a `crop` column of pixel boxes
                 size, # Image size (height, width) of the cached copies
                 method:str='squish', # Resize method of the cached copies
                 cache:bool=True): # Use the cached copies of files (made when missing); else the original photos
-    "`df` with an `image` column: the file each photo is read from, or the photo itself when it is in memory"
-    if not cache: return df.assign(image=df.path.values)
+    "`df` with an `image` column, the file each photo is read from or the photo itself when it is in memory, and `image_crop`, the box still to cut from it"
+    crops = list(df['crop']) if 'crop' in df.columns else [None]*len(df)
+    if not cache: return df.assign(image=df.path.values, image_crop=pd.Series(crops, index=df.index, dtype=object))
     is_file = [isinstance(p, (str, Path)) for p in df.path]
-    cached = iter(ImageCache(size, method)([p for p, f in zip(df.path, is_file) if f]))
-    return df.assign(image=pd.Series([next(cached) if f else p for p, f in zip(df.path, is_file)], index=df.index, dtype=object))
+    cached = iter(ImageCache(size, method)([p for p, f in zip(df.path, is_file) if f], [c for c, f in zip(crops, is_file) if f]))
+    return df.assign(image=pd.Series([next(cached) if f else p for p, f in zip(df.path, is_file)], index=df.index, dtype=object),
+                     image_crop=pd.Series([None if f else c for c, f in zip(crops, is_file)], index=df.index, dtype=object))
 
 # %% ../nbs/01_data.ipynb #c85683f4
 @delegates(aug_transforms)
@@ -349,11 +360,12 @@ def mask_block(size=TRAIN_DEFAULTS['size'], # Image size (height, width)
                cuts=AGE_CUTS, # Age cuts, for the class names
                batch_tfms=None, # Batch transforms (default `mask_tfms()`)
                image_col:str='path', # Column holding the photo path (or its cached copy)
-               age_target:bool=False): # Also yield the age in years, a second target (for a model that regresses it)
+               age_target:bool=False, # Also yield the age in years, a second target (for a model that regresses it)
+               crop=None): # A callable that cuts a photo given as a bare item (`learn.predict`) the way training did, such as `FaceCrop`
     "The 18-class `DataBlock` over a `read_train` frame with an `is_valid` column"
     ys = [CategoryBlock(vocab=class_names(cuts), sort=False), *([RegressionBlock()] if age_target else [])]
     get_y = [ColReader('class_name'), ColReader('age')] if age_target else ColReader('class_name')
-    return DataBlock(blocks=(ImageBlock(MaskImage), *ys), n_inp=1, get_x=PhotoOf(image_col), get_y=get_y, splitter=ColSplitter('is_valid'),
+    return DataBlock(blocks=(ImageBlock(MaskImage), *ys), n_inp=1, get_x=PhotoOf(image_col, crop), get_y=get_y, splitter=ColSplitter('is_valid'),
                      item_tfms=_resize(size, method), batch_tfms=ifnone(batch_tfms, mask_tfms()))
 
 # %% ../nbs/01_data.ipynb #9e4f31e4
@@ -373,6 +385,7 @@ def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_fo
              cache:bool=True, # Decode and resize each photo once, into `ImageCache`
              oversample:str=None, # None, 'class' or 'age': weighted sampling of the training photos
              age_target:bool=False, # Batches also carry the age in years (see `mask_block`)
+             crop=None, # How `learn.predict` cuts a bare photo (see `mask_block`); rows are cut to their `crop` column
              batch_tfms=None, # Batch transforms (default `mask_tfms()`)
              n_folds:int=5, seed:int=42, # Folds to make when `df` has no `fold` column
              **kwargs):
@@ -382,6 +395,6 @@ def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_fo
     if fold not in set(df.fold): raise ValueError(f'fold {fold} is not among the folds {sorted(set(df.fold))}')
     df['is_valid'] = df.fold == fold
     df = with_images(df, size, method, cache)
-    block = mask_block(size, method, df.attrs.get('age_cuts', AGE_CUTS), batch_tfms, image_col='image', age_target=age_target)
+    block = mask_block(size, method, df.attrs.get('age_cuts', AGE_CUTS), batch_tfms, image_col='image', age_target=age_target, crop=crop)
     if not oversample: return block.dataloaders(df, bs=bs, **kwargs)
     return block.weighted_dataloaders(df, wgts=sample_weights(df, oversample), bs=bs, **kwargs)

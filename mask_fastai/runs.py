@@ -18,6 +18,7 @@ from .settings import *
 from .sample import sample_data
 from .data import DataError, read_train, read_eval, read_answers, eval_labels, write_submission, profile_folds
 from .metrics import mask_scores
+from .faces import face_crops
 
 # %% ../nbs/04_runs.ipynb #7678ab50
 RUN_FILES = dict(
@@ -56,9 +57,10 @@ def dataset_root(cfg) -> Path:
     return p
 
 def config_frame(cfg) -> pd.DataFrame:
-    "The training photos of the dataset a config names, with their profile folds"
+    "The training photos of the dataset a config names, with their profile folds, and their face crops with --crop face"
     df = read_train(dataset_root(cfg), fixes=cfg['fixes'], cuts=tuple(cfg['age_cuts']), on_error=cfg['on_error'])
     df['fold'] = profile_folds(df, cfg['n_folds'], cfg['fold_seed'])
+    if cfg.get('crop', 'none') == 'face': df = face_crops(df, cfg['size'][1]/cfg['size'][0], cfg['crop_margin'])
     return df
 
 def _atomic_write(fn, text:str):

@@ -156,6 +156,8 @@ def train_settings(
     grow_from:maybe(image_size)=None, # Progressive resizing: the first --grow-epochs unfrozen epochs at this smaller size, the rest at --size, in one one-cycle schedule
     grow_epochs:number(int, 0)=0, # Epochs at --grow-from
     method:choice('squish', 'crop', 'pad')='squish', # How photos are resized
+    crop:choice('none', 'face')='none', # face: cut each photo around its face before resizing, in training and prediction alike (MTCNN: pip install --no-deps facenet-pytorch==2.6.0)
+    crop_margin:number(float, 0, 4)=0.5, # With --crop face: added to each side of the face box, as a fraction of its size
     cache:flag=True, # Decode and resize each photo once, into the image cache
     bs:number(int, 1)=32, # Batch size
     num_workers:maybe(number(int, 0))=None, # DataLoader workers (none: 0 on CPU, fastai's default with CUDA)
@@ -253,6 +255,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['age_head'] == 'years' and not cfg['multitask']: raise SettingError('--age-head years needs the multi-task head: add --multitask true')
     if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
     if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
+    if cfg['crop'] == 'none' and cfg['crop_margin'] != TRAIN_DEFAULTS['crop_margin']: raise SettingError('--crop-margin sizes face crops: add --crop face, or drop it')
     if cfg['grow_epochs'] >= cfg['epochs'] > 0: raise SettingError(f"--grow-epochs {cfg['grow_epochs']} leaves none of the {cfg['epochs']} --epochs at --size; give fewer")
     return cfg
 

@@ -7,7 +7,7 @@ __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'RunLogger', 'save_atomic
            'load_checkpoint', 'EvalCurve', 'config_dls', 'sized_dls', 'device_capability', 'choose_precision',
            'choose_compile', 'uncompiled', 'config_learner', 'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe',
            'model_card', 'save_run', 'probe_rates', 'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs',
-           'top_losses_figure', 'wandb_finish', 'train_fold', 'train', 'summary_line', 'main']
+           'top_losses_figure', 'wandb_finish', 'train_fold', 'faces_report', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
@@ -29,6 +29,7 @@ from .metrics import *
 from .models import *
 from .runs import *
 from .distributed import *
+from .faces import FaceCrop, face_detector, crop_record, card_crops, face_counts
 
 # %% ../nbs/05_train.ipynb #cedc019c
 OPTIMIZERS = dict(adamw=Adam, adam=partial(Adam, decouple_wd=False), sgd=partial(SGD, mom=0.9))
@@ -144,8 +145,9 @@ def fit_one_cycle_from(self:Learner, n_epoch:int, lr_max=None, start:int=0, div=
 def config_dls(cfg, df, fold:int):
     "The DataLoaders of `fold` with `cfg`'s size, transforms and sampling"
     workers = cfg['num_workers'] if cfg['num_workers'] is not None else defaults.cpus if torch.cuda.is_available() else 0
+    crop = FaceCrop.from_record(crop_record(df.attrs['faces']), cfg['size']) if 'faces' in df.attrs else None
     return mask_dls(df, fold=fold, size=cfg['size'], method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'],
-                    oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] == 'years')
+                    oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] == 'years', crop=crop)
 
 def sized_dls(cfg, df, fold:int, size):
     "The loaders of `cfg` at another image `size` (progressive resizing), normalised for its backbone"
@@ -250,16 +252,16 @@ def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, 
     return learn
 
 # %% ../nbs/05_train.ipynb #be9bcda2
-def model_card(cfg, classes, loss=None) -> dict:
-    "What is needed to rebuild and feed the model of `cfg` (trained with `loss`) without pickle"
+def model_card(cfg, classes, loss=None, crop=None) -> dict:
+    "What is needed to rebuild and feed the model of `cfg` (trained with `loss`, on photos cut as `crop_record` says) without pickle"
     mean, std = backbone_stats(cfg['arch'])
     return dict(arch=cfg['arch'], multitask=cfg['multitask'], label_mode='multitask' if cfg['multitask'] else 'single',
                 lin_ftrs=cfg['lin_ftrs'], ps=cfg['ps'], classes=list(classes), size=cfg['size'], method=cfg['method'],
                 mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'],
                 precision=choose_precision(cfg['precision'], device_capability()), age_head=cfg['age_head'],
-                band_cuts=list(loss.age_cuts) if cfg['age_head'] == 'years' and loss is not None else None)
+                band_cuts=list(loss.age_cuts) if cfg['age_head'] == 'years' and loss is not None else None, crop=crop)
 
-def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
+def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None, crop=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
     valid, loss = learn.dls.valid_ds.items, learn.loss_func
     with learn.no_bar(): out, targs = learn.get_preds(dl=learn.dls.valid, act=noop)
@@ -267,7 +269,7 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None) -> dict:
     if cfg['age_head'] == 'years': loss.age_cuts = fit_age_cuts(loss, out, labels)   # on people the model did not train on
     probs = loss.activation(out)
     save_model(learn.model, run.file('weights'))
-    run.write_json('card', model_card(cfg, learn.dls.vocab, loss))
+    run.write_json('card', model_card(cfg, learn.dls.vocab, loss, crop))
     run.write_probs('oof', probs, path=valid.path.values, id=valid.id.values, fold=fold, label=valid.label.values)
     res = dict(fold=fold, valid=mask_scores(probs, labels, groups=valid.id.values))
     if cfg['age_head'] == 'years': res['valid'].update(age_mae=float((loss.years(out) - targs[1].float()).abs().mean()), band_cuts=list(loss.age_cuts))
@@ -402,15 +404,20 @@ def train_fold(cfg, df, fold:int, run:Run, resume:dict=None, eval_df=None, answe
         ranks = gather(report.report())
         if not is_main(): return None
         learn.remove_cbs(learn.cbs.filter(lambda cb: isinstance(cb, RankTrainer)))   # rank 0 predicts by itself from here
-        with alone(): res = save_run(learn, cfg, run, fold, eval_df, answers)
+        with alone(): res = save_run(learn, cfg, run, fold, eval_df, answers, crop_record(df.attrs['faces']) if 'faces' in df.attrs else None)
     except BaseException:
         if wandb: wandb.finish(exit_code=1)
         raise
     res = {**res, 'minutes': round(before + (time.time() - t0)/60, 2)}
     if processes() > 1: res['processes'] = ranks
+    if 'faces' in df.attrs: res['faces'] = faces_report(df, eval_df)
     if cfg['budget']: res['budget'] = {**(plan or dict(budget=cfg['budget'])), 'spent_minutes': res['minutes']}
     if wandb: wandb_finish(wandb, run, res, cfg, learn)
     return res
+
+def faces_report(df, eval_df=None) -> dict:
+    "Per photo set, how many faces were found and how many photos fell back to their person's box or to the prior"
+    return dict(train=face_counts(df), **({'eval': face_counts(eval_df)} if eval_df is not None else {}))
 
 def _finish(run:Run, res:dict, cfg) -> dict:
     "Write `run`'s summary, which marks it finished, and drop its checkpoints unless they are to be kept (rank 0; the others have no `res`)"
@@ -425,10 +432,14 @@ def _finish(run:Run, res:dict, cfg) -> dict:
 def _check_before_run(cfg):
     "Everything that can be checked before a run folder exists: (cfg with an absolute data path, photos, eval photos, answers)"
     choose_precision(cfg['precision'], device_capability())
+    if cfg['crop'] == 'face':
+        try: face_detector()
+        except ImportError as e: raise SettingError(f'--crop face: {e}') from None
     root = dataset_root(cfg)
     if cfg['data'] is not None: cfg = {**cfg, 'data': str(root.resolve())}
     df = config_frame(cfg)
     eval_df, answers = eval_set(root)
+    if eval_df is not None and 'faces' in df.attrs: eval_df = card_crops(eval_df, crop_record(df.attrs['faces']), cfg['size'])
     if eval_df is not None and not len(eval_df): raise DataError(f"{root}: the eval set's info.csv lists no photos; remove eval/ or fill it")
     if cfg['eval_curve'] and (eval_df is None or answers is None): raise SettingError(f'--eval-curve needs eval/info.csv and eval/answers.csv, which {root} lacks')
     if cfg['lr_find'] and processes() > 1: raise SettingError('--lr-find runs in one process: find the rate with a plain `python -m mask_fastai.train`, then launch with --lr')
@@ -452,7 +463,8 @@ def _complete(run:Run, cfg, df, eval_df, answers, cbs=(), group=None) -> dict:
                                      group=group or run.name, job=f'fold{k}', name=f'{run.name}-fold{k}'), cfg)
     if not is_main(): return None
     res = merge_folds(run, eval_df, answers)
-    res = _finish(run, {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}, cfg)
+    res = {**res, 'minutes': round(sum(f.read_json('summary')['minutes'] or 0 for f in run.fold_runs()), 2)}
+    res = _finish(run, {**res, 'faces': faces_report(df, eval_df)} if 'faces' in df.attrs else res, cfg)
     if cfg['wandb']: wandb_finish(wandb_start(cfg, run, group or run.name, 'merged', f'{run.name}-merged'), run, res, cfg)
     return res
 
@@ -486,6 +498,7 @@ def summary_line(res) -> str:
     for part, name in (('valid', 'valid'), ('oof', 'out-of-fold'), ('eval', 'dev-eval')):
         if part in res: parts.append(f"{name} macro F1 {score(res[part])}")
     if 'age_mae' in res.get('valid', {}): parts.append(f"valid age MAE {res['valid']['age_mae']:.1f} years")
+    if 'faces' in res: parts.append('faces ' + ', '.join(f"{part} {c['found']} found, {c['person']} from the person, {c['prior']} prior" for part, c in res['faces'].items()))
     return ' | '.join(parts + ([f"{res['minutes']:.1f} min"] if res.get('minutes') is not None else []))
 
 # %% ../nbs/05_train.ipynb #28b3d04f

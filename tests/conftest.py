@@ -56,3 +56,17 @@ def tiny_runs(sample, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs')
     cfg = resolve_config(out=str(out), epochs=1, **TINY)
     return [train({**cfg, 'seed': s, 'multitask': s == 2, 'name': f'r{s}'})['run_dir'] for s in (1, 2, 3)]
+
+
+@pytest.fixture(scope='session')
+def scenes():
+    "A small drawn dataset of competition-sized photos (384x512) in which the face is a fifth of the width"
+    return sample_data(n_people=12, n_eval=2, size=(384, 512), face_width=.2)
+
+
+@pytest.fixture(scope='session')
+def crop_run(scenes, tmp_path_factory):
+    "A quick run trained with --crop face on `scenes`"
+    from mask_fastai.train import train
+    cfg = resolve_config(data=str(scenes), out=str(tmp_path_factory.mktemp('crop_runs')), epochs=1, crop='face', **{**TINY, 'sample_people': 120})
+    return train(cfg)['run_dir']
