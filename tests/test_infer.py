@@ -78,11 +78,11 @@ def test_interpret_cli_writes_its_files(tiny_runs, tmp_path):
 def test_fold_folders_predict_and_interpret_with_their_own_data(tmp_path):
     "A fold folder of a --folds all run names its own dataset and fold, so neither falls back to a default"
     out = tmp_path/'runs'
-    module('train', *[a for k, v in {**TINY, 'sample_people': 30}.items() for a in (f"--{k.replace('_', '-')}", str(v).lower())],
+    module('train', *[a for k, v in {**TINY, 'n_folds': 2}.items() for a in (f"--{k.replace('_', '-')}", str(v).lower())],
            '--epochs', '1', '--folds', 'all', '--out', out, cwd=tmp_path)
     run = Run(only_run(out))
     fold = run.fold_runs()[1]
-    data = sample_data(n_people=30)
+    data = sample_data(n_people=TINY['sample_people'])
     assert fold.config()['fold'] == 1 and fold.dataset() == data
     res = printed_json(module('predict', fold.path, '--out', tmp_path/'sub.csv', cwd=tmp_path))
     assert res['n'] == len(pd.read_csv(data/'eval'/'info.csv'))

@@ -13,13 +13,13 @@ SPACE = 'fixed: {%s, epochs: 1, wandb: true}\nsearch:\n  lr: {float: [1.0e-3, 2.
 def test_two_workers_share_one_study_without_losing_or_repeating_a_trial(sample, tmp_path):
     (tmp_path/'space.yaml').write_text(SPACE)
     url = f"sqlite:///{tmp_path/'study.db'}"
-    args = [sys.executable, '-m', 'mask_fastai.sweep', 'space.yaml', '--trials', '3', '--storage', url, '--out', 'runs']
+    args = [sys.executable, '-m', 'mask_fastai.sweep', 'space.yaml', '--trials', '2', '--storage', url, '--out', 'runs']
     env = {**os.environ, 'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'}
     workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), outs
     trials = optuna.load_study(study_name='space', storage=url).trials
-    assert len(trials) >= 3 and len({t.number for t in trials}) == len(trials)        # each trial once
+    assert len(trials) >= 2 and len({t.number for t in trials}) == len(trials)        # each trial once
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     runs = [Run(t.user_attrs['run_dir']) for t in done]
     assert len({r.path for r in runs}) == len(done) and all(r.status == 'finished' for r in runs)
