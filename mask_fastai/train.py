@@ -284,9 +284,10 @@ def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None, crop=Non
     return res
 
 # %% ../nbs/05_train.ipynb #af9822d5
-def probe_rates(learn, n_batches:int=8, warmup:int=2) -> tuple:
+def probe_rates(learn, n_batches:int=16, warmup:int=2) -> tuple:
     "Training and scoring photos per second of `learn` over `n_batches` batches after `warmup` untimed ones, on a copy of its model"
     with uncompiled(learn.model): model = deepcopy(learn.model)   # eager: a compiled copy would compile again
+    if learn.cbs.filter(lambda cb: isinstance(cb, ChannelsLast)): model.to(memory_format=torch.channels_last)   # as the fit will run it: 1.5x faster on CPU
     for p in model.parameters(): p.requires_grad_(True)   # the unfrozen epochs, which are most of a run
     opt = torch.optim.SGD(model.parameters(), lr=0.)
     def rate(dl, train):
