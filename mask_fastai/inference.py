@@ -46,11 +46,12 @@ def run_photos(card, df) -> pd.DataFrame:
     "The photos of `df` cut as a run's `card` says: around their faces (with `face` and `crop` columns) when it was trained so, else as they are"
     return card_crops(df, card['crop'], card['size']) if card.get('crop') else df
 
-def run_probs(run, df, tta:bool=False, bs:int=64, engine:str='torch'):
+def run_probs(run, df, tta:bool=False, bs:int=64, engine:str='torch',
+              cut:bool=True): # Cut `df` as the run's card says; False when it is `run_photos` of this run already
     "18-class probabilities of the photos in `df` (a `path` column) from run folder `run`, read and cut as the run was trained"
     learn = load_run(run, bs, engine)
     c = learn.card
-    return photo_probs(learn, run_photos(c, df), tta, c['size'], c['method'], c.get('cache', True), bs)
+    return photo_probs(learn, run_photos(c, df) if cut else df, tta, c['size'], c['method'], c.get('cache', True), bs)
 
 # %% ../nbs/06_inference.ipynb #e458874b
 def soft_vote(probs, weights=None):
@@ -86,12 +87,13 @@ def predict_photos(runs, # A run folder, or several for a soft vote
     runs = [Run(r) for r in L(runs)]
     if isinstance(photos, (str, Path)): photos = list_photos(photos)
     df = pd.DataFrame(dict(path=pd.Series(list(photos), dtype=object)))
-    probs = soft_vote([run_probs(r, df, tta, bs) for r in runs], weights)
+    framed = [run_photos(r.card(), df) for r in runs]   # each photo's face found once per run, also for the table
+    probs = soft_vote([run_probs(r, f, tta, bs, cut=False) for r, f in zip(runs, framed)], weights)
     label = probs.argmax(1).numpy()
     m, g, a = decode(label)
     cuts = runs[0].card()['age_cuts']
     names = [str(p) if isinstance(p, (str, Path)) else f'photo {i}' for i, p in enumerate(photos)]
-    cut = next((run_photos(c, df) for c in (r.card() for r in runs) if c.get('crop')), None)
+    cut = next((f for f in framed if 'face' in f.columns), None)
     faces = dict(face=cut.face.values, crop=cut.crop.values) if cut is not None else {}
     return prob_frame(probs, photo=names, label=label, class_name=[class_name(c, cuts) for c in label], mask=np.array(MASK_STATES)[m],
                       gender=np.array(GENDERS)[g], age_band=np.array(age_names(cuts))[a], prob=probs.max(1).values.numpy(), **faces)
@@ -218,12 +220,13 @@ def predict(runs, # Run folders (from one dataset; any mix of single-head and mu
     root = Path(data) if data else runs[0].dataset()
     ev = read_eval(root)
     res = dict(runs=[str(r.path) for r in runs], tta=tta, vote=vote, engine=engine, n=len(ev))
-    if card := next((c for c in (r.card() for r in runs) if c.get('crop')), None): res['faces'] = face_counts(run_photos(card, ev))
+    framed = [run_photos(r.card(), ev) for r in runs]
+    if (cut := next((f for f in framed if 'face' in f.columns), None)) is not None: res['faces'] = face_counts(cut)
     if fit:
         plan, res['oof_cv'] = fit_runs_plan(runs)
         res['plan_file'] = str(write_plan(plan, plan_file, force))
     elif plan is not None: plan = read_plan(plan, len(runs))
-    labels = ensemble_labels([run_probs(r, ev, tta, bs, engine) for r in runs], vote, weights, plan)
+    labels = ensemble_labels([run_probs(r, f, tta, bs, engine, cut=False) for r, f in zip(runs, framed)], vote, weights, plan)
     sub = pd.DataFrame(dict(ImageID=ev.ImageID.values, ans=labels.numpy()))
     res['submission'] = str(write_submission(sub, out, ev, force=force))
     ans = read_answers(root) if answers is None else pd.read_csv(answers, dtype={'ImageID': str}).assign(source=str(answers))
