@@ -6,7 +6,7 @@
 __all__ = ['LABEL_FIXES', 'TRAIN_COLS', 'DataError', 'Problems', 'open_image', 'MaskTensorImage', 'MaskImage', 'PhotoOf',
            'check_image', 'apply_fixes', 'add_labels', 'read_csv_checked', 'read_train', 'read_eval', 'read_answers',
            'eval_labels', 'check_submission', 'write_submission', 'profile_folds', 'cache_key', 'ImageCache',
-           'with_images', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls']
+           'with_images', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls', 'without_age']
 
 # %% ../nbs/01_data.ipynb #59916865
 import os, hashlib, unicodedata, warnings, tempfile
@@ -398,3 +398,9 @@ def mask_dls(df, # `read_train` frame; a `fold` column is added with `profile_fo
     block = mask_block(size, method, df.attrs.get('age_cuts', AGE_CUTS), batch_tfms, image_col='image', age_target=age_target, crop=crop)
     if not oversample: return block.dataloaders(df, bs=bs, **kwargs)
     return block.weighted_dataloaders(df, wgts=sample_weights(df, oversample), bs=bs, **kwargs)
+
+# %% ../nbs/01_data.ipynb #5f1bcc12
+def without_age(dls):
+    "A copy of `dls` whose samples end at the class label (photo, class), for predicting and showing"
+    trimmed = [dl.new(type(dl.dataset)(tls=dl.dataset.tls[:2], n_inp=1)) for dl in dls.loaders]   # the age's list is the third
+    return DataLoaders(*trimmed, path=dls.path, device=dls.device)

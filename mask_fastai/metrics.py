@@ -56,6 +56,7 @@ class AgeMAE(Metric):
     "Mean absolute error, in years, of an `age_head='years'` model's predicted ages over the whole validation set"
     def reset(self): self.errors = []
     def accumulate(self, learn):
+        if len(learn.yb) < 2: return   # batches without the age (`without_age`, as interpretation reads them) have no error
         self.errors.append(learn.to_detach((learn.loss_func.years(learn.pred) - learn.yb[1].float()).abs()).cpu())
     @property
     def value(self): return torch.cat(self.errors).mean().item() if self.errors else None

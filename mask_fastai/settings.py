@@ -146,13 +146,13 @@ def train_settings(
     pretrained:flag=True, # Start from pretrained weights
     weights:maybe(text)=None, # Local pretrained weights file (a timm state dict)
     hub:flag=False, # Let timm try its hub download
-    multitask:flag=False, # Mask, gender and age heads instead of one 18-way head
-    age_head:choice('band', 'years')='band', # years: the multi-task head also regresses the age, and the band is read from it with cuts fitted on the validation people (needs --multitask true)
+    multitask:flag=True, # Mask, gender and age heads instead of one 18-way head
+    age_head:choice('auto', 'band', 'years')='auto', # years: the multi-task head also regresses the age, and the band is read from it with cuts fitted on the validation people (needs --multitask true); auto: years with --multitask true, band without
     task_weights:numbers(float, 3, lo=0)=[1., 1., 1.], # Loss weights of the mask, gender and age heads
     lin_ftrs:maybe(numbers(int, lo=1))=None, # Hidden layer sizes of the head, such as 512
     ps:number(float, 0, 1, hi_open=True)=0.5, # Head dropout
     xavier:flag=False, # Xavier-uniform head initialisation instead of Kaiming
-    size:image_size=[96, 72], # Image size: height,width, or one number for both
+    size:image_size=[128, 96], # Image size: height,width, or one number for both
     grow_from:maybe(image_size)=None, # Progressive resizing: the first --grow-epochs unfrozen epochs at this smaller size, the rest at --size, in one one-cycle schedule
     grow_epochs:number(int, 0)=0, # Epochs at --grow-from
     method:choice('squish', 'crop', 'pad')='squish', # How photos are resized
@@ -253,6 +253,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['fold'] >= cfg['n_folds']: raise SettingError(f"--fold {cfg['fold']} is not a fold of --n-folds {cfg['n_folds']} (0..{cfg['n_folds']-1})")
     if cfg['epochs'] + cfg['freeze_epochs'] < 1: raise SettingError('--epochs and --freeze-epochs are both 0: nothing would be trained')
     if cfg['age_head'] == 'years' and not cfg['multitask']: raise SettingError('--age-head years needs the multi-task head: add --multitask true')
+    if cfg['age_head'] == 'auto': cfg['age_head'] = 'years' if cfg['multitask'] else 'band'   # a run records the head it trained
     if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
     if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
     if cfg['crop'] == 'none' and cfg['crop_margin'] != TRAIN_DEFAULTS['crop_margin']: raise SettingError('--crop-margin sizes face crops: add --crop face, or drop it')

@@ -54,8 +54,7 @@ def tiny_runs(sample, tmp_path_factory):
     "Three quick runs on the shared sample and folds, differing in seed and head, trained once for the whole session"
     from mask_fastai.train import train
     out = tmp_path_factory.mktemp('runs')
-    cfg = resolve_config(out=str(out), epochs=1, **TINY)
-    return [train({**cfg, 'seed': s, 'multitask': s == 2, 'name': f'r{s}'})['run_dir'] for s in (1, 2, 3)]
+    return [train(resolve_config(out=str(out), epochs=1, seed=s, multitask=s == 2, name=f'r{s}', **TINY))['run_dir'] for s in (1, 2, 3)]
 
 
 @pytest.fixture(scope='session')

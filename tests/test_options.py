@@ -1,10 +1,10 @@
 "Each training option has its effect on what is built or computed: checked on the learner and loaders, without training."
 import pytest, torch
-from fastai.vision.all import MixUp, CutMix, GradientAccumulation, ChannelsLast, Resize
+from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize
 from mask_fastai.settings import resolve_config
 from mask_fastai.runs import config_frame
 from mask_fastai.losses import class_weights
-from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, HalfMix
+from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, HalfMix, MaskMixUp, MaskCutMix
 from conftest import TINY
 
 
@@ -31,16 +31,18 @@ def test_xavier_changes_the_head_initialisation(frame):
 
 def test_smoothing_and_loss_kind_change_the_loss_value(frame):
     x, y = logits_and_targets()
-    ce, smooth = build(frame)[1].loss_func(x, y), build(frame, smoothing=0.2)[1].loss_func(x, y)
+    ce, smooth = build(frame, multitask=False)[1].loss_func(x, y), build(frame, multitask=False, smoothing=0.2)[1].loss_func(x, y)
     assert smooth > ce + 0.1
     for kind in ('focal', 'softf1'):
-        loss = build(frame, loss=kind)[1].loss_func
+        loss = build(frame, multitask=False, loss=kind)[1].loss_func
         assert loss.kind == kind and abs(loss(x, y) - ce) > 0.05
 
 
 def test_class_weighted_uses_inverse_frequency_weights(frame):
-    learn = build(frame, class_weighted=True)[1]
+    learn = build(frame, class_weighted=True, multitask=False)[1]
     torch.testing.assert_close(learn.loss_func.weight, torch.tensor(class_weights(learn.dls.train_ds.items.label)))
+    multi = build(frame, class_weighted=True)[1]                        # the default head: weights per task
+    torch.testing.assert_close(multi.loss_func.weight, torch.tensor(class_weights(multi.dls.train_ds.items.label, multitask=True)))
     assert build(frame)[1].loss_func.weight is None
 
 
@@ -48,7 +50,7 @@ def test_oversampling_changes_the_age_bands_drawn(frame):
     old = frame[frame.age_band == 2].id.unique()
     skewed = frame[(frame.age_band != 2) | frame.id.isin(old[:2])]    # few old people left
     cfg = resolve_config(**{**TINY, 'bs': 32})
-    share = lambda dls: (torch.cat([y for _, y in dls.train]) % 3 == 2).float().mean().item()
+    share = lambda dls: (torch.cat([b[1] for b in dls.train]) % 3 == 2).float().mean().item()
     torch.manual_seed(0)
     plain, over = share(config_dls(cfg, skewed, 0)), share(config_dls({**cfg, 'oversample': 'age'}, skewed, 0))
     assert over > 2*plain and over > 0.2
@@ -56,7 +58,7 @@ def test_oversampling_changes_the_age_bands_drawn(frame):
 
 def test_mixing_and_accumulation_callbacks(frame):
     cbs = {type(c): c for c in train_cbs(resolve_config(**TINY, mixup=0.4, cutmix=1.0, halfmix=0.5, accum=2))}
-    assert cbs[MixUp].distrib.concentration1.item() == pytest.approx(0.4) and cbs[CutMix].distrib.concentration1.item() == 1.
+    assert cbs[MaskMixUp].distrib.concentration1.item() == pytest.approx(0.4) and cbs[MaskCutMix].distrib.concentration1.item() == 1.
     assert cbs[HalfMix].p == 0.5 and cbs[GradientAccumulation].n_acc == 32
     assert train_cbs(resolve_config(**TINY)) == []
 
@@ -78,7 +80,7 @@ def test_head_optimizer_and_schedule_options(frame):
     learn.create_opt()
     assert 'mom' in learn.opt.hypers[0] and 'sqr_mom' not in learn.opt.hypers[0]
     assert any(m.out_features == 32 for m in linears(learn))
-    assert learn.model(learn.dls.one_batch()[0]).shape[1] == 8          # mask 3 + gender 2 + age 3
+    assert learn.model(learn.dls.one_batch()[0]).shape[1] == 9          # mask 3 + gender 2 + age band 3 + age in years 1
     assert learn.model[1].heads[0][-2].p == 0.2                         # the dropout before each head's last layer
     top = phase_fit_args(resolve_config(lr=1e-3, lr_mult=4), 'unfrozen')['lr_max']
     assert (top.start, top.stop) == (2.5e-4, 1e-3)
