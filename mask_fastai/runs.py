@@ -120,8 +120,10 @@ def write_config(self:Run, cfg:dict):
 
 @patch
 def config(self:Run) -> dict:
-    "The settings this run (or fold folder) was trained with"
-    return resolve_config(self.need('config'))
+    "The settings this run (or fold folder) was trained with; a setting its config.json predates takes the value it trained with"
+    fn = self.need('config')
+    recorded = load_config(fn)
+    return resolve_config(fn, **{k: v for k, v in BEFORE_SETTINGS.items() if k not in recorded})
 
 @patch
 def failure(self:Run) -> str:
