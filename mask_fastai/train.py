@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'MaskMixUp', 'MaskCutMix', 'RunLogger', 'save_atomic', 'SaveBest',
            'Checkpoint', 'trim_logs', 'load_checkpoint', 'EvalCurve', 'config_dls', 'sized_dls', 'device_capability',
-           'choose_precision', 'choose_compile', 'uncompiled', 'photo_and_class', 'config_learner', 'train_cbs',
-           'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run', 'probe_rates', 'plan_epochs',
-           'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure', 'wandb_finish', 'train_fold',
-           'faces_report', 'train', 'summary_line', 'main']
+           'choose_precision', 'choose_compile', 'uncompiled', 'photo_and_class', 'config_learner', 'WeightEMA',
+           'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run', 'probe_rates',
+           'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure', 'wandb_finish',
+           'train_fold', 'faces_report', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
 import os, random, time, traceback
@@ -21,6 +21,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 from fastcore.script import call_parse, is_cli
 from fastai.vision.all import *
 from fastai.callback.mixup import MixUp, CutMix
+from timm.utils import ModelEmaV3
 from copy import deepcopy   # after fastai's names, which include a `copy`
 from .core import *
 from .settings import *
@@ -218,6 +219,36 @@ def config_learner(cfg, dls, path=None):
     if choose_compile(cfg['torch_compile'], device_capability()): learn.model.compile()   # in place: weights keep their names
     return learn
 
+# %% ../nbs/05_train.ipynb #528efab9
+class WeightEMA(Callback):
+    "Keep an exponential moving average of the weights (timm's `ModelEmaV3`, warmed up) and validate, and so keep, the average"
+    order = SaveModelCallback.order + 0.5   # after `SaveBest` saved the average, before `Checkpoint` saves the raw weights
+    def __init__(self, decay:float=0.999, # Decay per optimizer step, once warmed up
+                 path=None, # Where to save the average after each epoch (rank 0)
+                 resume:bool=False): # Start from the average saved at `path`
+        store_attr(); self.ema, self.steps, self.raw, self.stepping = None, 0, None, False
+    def _bare(self): return getattr(self.learn.model, 'module', self.learn.model)   # under DDP, the wrapped model
+    def before_fit(self):
+        if self.ema is not None: return   # one average across the recipe's fits
+        with uncompiled(self._bare()) as m: self.ema = ModelEmaV3(m, decay=self.decay, use_warmup=True)
+        if self.resume and self.path and Path(self.path).exists():
+            try:
+                state = torch.load(self.path, map_location='cpu', weights_only=True)
+                self.ema.module.load_state_dict(state['model']); self.steps = int(state['steps'])
+            except Exception as e: warn(f'{self.path}: unreadable ({type(e).__name__}: {e}); the average starts again from the current weights')
+    def before_step(self): self.stepping = True   # not reached when gradient accumulation cancels the step
+    def after_step(self):
+        if self.stepping: self.steps += 1; self.ema.update(self._bare(), self.steps)
+        self.stepping = False
+    def before_validate(self):
+        self.raw = {k: v.clone() for k, v in self._bare().state_dict().items()}
+        self._bare().load_state_dict(self.ema.module.state_dict())
+    def after_epoch(self):
+        if self.raw is not None: self._bare().load_state_dict(self.raw); self.raw = None
+        if self.path and is_main():
+            tmp = Path(self.path).with_suffix('.tmp'); tmp.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(dict(model=self.ema.module.state_dict(), steps=self.steps), tmp); os.replace(tmp, self.path)
+
 # %% ../nbs/05_train.ipynb #d7b04e11
 def _phases(cfg):
     "The (name, epochs) of the recipe's phases"
@@ -249,6 +280,7 @@ def size_steps(cfg, phase:str, n:int, start:int=0) -> list:
 def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, clock=None, dls_for=None):
     "Train `learn` through the recipe's phases, from the start or from a `resume` state; `clock` is (start time, minutes before), `dls_for(size)` the loaders of another size"
     best = SaveBest(resume.get('best') if resume else None)
+    ema = [WeightEMA(cfg['ema'], run.checkpoint_dir()/'ema.pth', resume=bool(resume))] if cfg['ema'] else []   # one average across phases and sizes
     loaders = {tuple(cfg['size']): learn.dls}
     stop = [EarlyStoppingCallback(monitor='macro_f1', comp=np.greater, patience=cfg['early_stop'], reset_on_fit=False)] if cfg['early_stop'] else []
     names, clock = [n for n, _ in _phases(cfg)], clock or (time.time(), 0.)
@@ -262,7 +294,7 @@ def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, 
         for size, first, end in size_steps(cfg, phase, n, start):
             if tuple(size) not in loaders: loaders[tuple(size)] = dls_for(size)
             learn.dls = loaders[tuple(size)]
-            cbs = [best, *stop, *train_cbs(cfg), *extra_cbs]
+            cbs = [best, *ema, *stop, *train_cbs(cfg), *extra_cbs]
             if is_main(): cbs += [RunLogger(run.metrics_file(phase).name, append=True, offset=first), Checkpoint(run, phase, best, first, clock)]
             if curve is not None and is_main():
                 done = pd.read_csv(run.file('eval_curve')).train_minutes.max() if run.has('eval_curve') else 0.

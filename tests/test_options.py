@@ -1,10 +1,10 @@
-"Each training option has its effect on what is built or computed: checked on the learner and loaders, without training."
+"Each training option has its effect on what is built or computed: checked on the learner and loaders, training only where the option acts in training."
 import pytest, torch
 from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize
 from mask_fastai.settings import resolve_config
-from mask_fastai.runs import config_frame
+from mask_fastai.runs import Run, config_frame
 from mask_fastai.losses import class_weights
-from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, HalfMix, MaskMixUp, MaskCutMix
+from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, fit_recipe, HalfMix, MaskMixUp, MaskCutMix
 from conftest import TINY
 
 
@@ -61,6 +61,17 @@ def test_mixing_and_accumulation_callbacks(frame):
     assert cbs[MaskMixUp].distrib.concentration1.item() == pytest.approx(0.4) and cbs[MaskCutMix].distrib.concentration1.item() == 1.
     assert cbs[HalfMix].p == 0.5 and cbs[GradientAccumulation].n_acc == 32
     assert train_cbs(resolve_config(**TINY)) == []
+
+
+def test_ema_makes_the_average_the_runs_model(frame, tmp_path):
+    "With --ema the epoch is validated and saved as the average of the weights, which becomes the model; the checkpoint keeps the raw weights"
+    cfg, learn = build(frame, ema=0.9, epochs=1)
+    learn.path, run = tmp_path, Run(tmp_path)
+    fit_recipe(learn, cfg, run)
+    average = torch.load(run.checkpoint_dir()/'ema.pth', weights_only=True)['model']
+    assert all(torch.equal(v, average[k]) for k, v in learn.model.state_dict().items())
+    raw = learn.load('last', with_opt=False, weights_only=True).model.state_dict()
+    assert any(v.is_floating_point() and not torch.equal(v, raw[k]) for k, v in average.items())
 
 
 def test_halfmix_swaps_only_the_right_half_within_a_class():

@@ -53,7 +53,7 @@ def test_config_file_sets_defaults_and_flags_override(sample_copy, tmp_path):
 
 
 def test_resume_continues_a_killed_run(sample, tmp_path):
-    args = [*TINY_FLAGS, '--epochs', '6', '--size', '64', '--out', tmp_path/'runs']
+    args = [*TINY_FLAGS, '--epochs', '6', '--size', '64', '--ema', '0.99', '--keep-checkpoints', 'true', '--out', tmp_path/'runs']
     p = subprocess.Popen([sys.executable, '-m', 'mask_fastai.train', *map(str, args)], cwd=tmp_path,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, run = time.time() + 300, None
@@ -66,11 +66,15 @@ def test_resume_continues_a_killed_run(sample, tmp_path):
     assert run.status == 'unfinished'
     done = run.read_json('state')['epoch']
     assert done < 5
-    cli('--resume', run.path, cwd=tmp_path)
+    r = cli('--resume', run.path, cwd=tmp_path)
+    assert 'unreadable' not in r.stderr                          # continued from the checkpoint, not from the start
     log = pd.read_csv(run.metrics_file('unfrozen'))
     assert log.epoch.tolist() == list(range(6)), log      # epochs before the kill kept, the rest appended once
     assert run.status == 'finished' and run.has('submission')
     assert len(list((tmp_path/'runs').iterdir())) == 1
+    df = config_frame(resolve_config(**TINY))
+    steps = torch.load(run.checkpoint_dir()/'ema.pth', weights_only=True)['steps']
+    assert steps == 6*((df.fold != 0).sum()//16)                 # the average went on from its saved steps, not from zero
     summary = run.file('summary').read_bytes()
     r = cli('--resume', run.path, cwd=tmp_path)            # a finished run is left as it is
     assert run.file('summary').read_bytes() == summary and 'valid macro F1' in r.stdout
