@@ -216,7 +216,7 @@ def _line(text, key):
     return None
 
 RECORDS = ('versions',)   # what a run's config.json records beside its settings
-BEFORE_SETTINGS = dict(age_head='band')   # what a run whose config.json predates a setting was trained with
+BEFORE_SETTINGS = dict(age_head='band', ema=0.)   # what a run whose config.json predates a setting was trained with
 
 def load_config(fn) -> dict:
     "Settings from a YAML or JSON file, each checked, errors naming the file and line"

@@ -224,18 +224,29 @@ class WeightEMA(Callback):
     "Keep an exponential moving average of the weights (timm's `ModelEmaV3`, warmed up) and validate, and so keep, the average"
     order = SaveModelCallback.order + 0.5   # after `SaveBest` saved the average, before `Checkpoint` saves the raw weights
     def __init__(self, decay:float=0.999, # Decay per optimizer step, once warmed up
-                 path=None, # Where to save the average after each epoch (rank 0)
-                 resume:bool=False): # Start from the average saved at `path`
-        store_attr(); self.ema, self.steps, self.raw, self.stepping = None, 0, None, False
+                 path=None, # Where to save the average after each epoch (rank 0); the one before is kept beside it
+                 resume:dict=None): # The checkpoint's state (`phase`, `epoch`) to continue from, with its average from `path`
+        store_attr(); self.ema, self.steps, self.raw, self.stepping, self.at = None, 0, None, False, ('', 0)
+    def place(self, phase:str, offset:int=0):
+        "Name the next fit's epochs as `Checkpoint` does: `phase`, counted from `offset`"
+        self.at = (phase, offset)
+    @property
+    def previous(self): return Path(self.path).with_suffix('.prev.pth')
     def _bare(self): return getattr(self.learn.model, 'module', self.learn.model)   # under DDP, the wrapped model
+    def _saved(self):
+        "The saved average of the epoch `resume` names: the newest, or the one before when a kill came before `Checkpoint` saved"
+        want = (self.resume['phase'], self.resume['epoch'])
+        for f in (Path(self.path), self.previous):
+            if not f.exists(): continue
+            try: state = torch.load(f, map_location='cpu', weights_only=True)
+            except Exception as e: warn(f'{f}: unreadable ({type(e).__name__}: {e})'); continue
+            if (state.get('phase'), state.get('epoch')) == want: return state
+        warn(f'{self.path}: no saved average of {want[0]} epoch {want[1]}, the checkpoint; the average starts again from its weights')
     def before_fit(self):
         if self.ema is not None: return   # one average across the recipe's fits
         with uncompiled(self._bare()) as m: self.ema = ModelEmaV3(m, decay=self.decay, use_warmup=True)
-        if self.resume and self.path and Path(self.path).exists():
-            try:
-                state = torch.load(self.path, map_location='cpu', weights_only=True)
-                self.ema.module.load_state_dict(state['model']); self.steps = int(state['steps'])
-            except Exception as e: warn(f'{self.path}: unreadable ({type(e).__name__}: {e}); the average starts again from the current weights')
+        if self.resume and self.path and (state := self._saved()):
+            self.ema.module.load_state_dict(state['model']); self.steps = int(state['steps'])
     def before_step(self): self.stepping = True   # not reached when gradient accumulation cancels the step
     def after_step(self):
         if self.stepping: self.steps += 1; self.ema.update(self._bare(), self.steps)
@@ -245,9 +256,11 @@ class WeightEMA(Callback):
         self._bare().load_state_dict(self.ema.module.state_dict())
     def after_epoch(self):
         if self.raw is not None: self._bare().load_state_dict(self.raw); self.raw = None
-        if self.path and is_main():
-            tmp = Path(self.path).with_suffix('.tmp'); tmp.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(dict(model=self.ema.module.state_dict(), steps=self.steps), tmp); os.replace(tmp, self.path)
+        if not (self.path and is_main()): return
+        path = Path(self.path); tmp = path.with_suffix('.tmp'); tmp.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(model=self.ema.module.state_dict(), steps=self.steps, phase=self.at[0], epoch=self.at[1] + self.epoch), tmp)
+        if path.exists(): os.replace(path, self.previous)   # the average of the checkpoint until `Checkpoint` has saved this epoch
+        os.replace(tmp, path)
 
 # %% ../nbs/05_train.ipynb #d7b04e11
 def _phases(cfg):
@@ -280,7 +293,7 @@ def size_steps(cfg, phase:str, n:int, start:int=0) -> list:
 def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, clock=None, dls_for=None):
     "Train `learn` through the recipe's phases, from the start or from a `resume` state; `clock` is (start time, minutes before), `dls_for(size)` the loaders of another size"
     best = SaveBest(resume.get('best') if resume else None)
-    ema = [WeightEMA(cfg['ema'], run.checkpoint_dir()/'ema.pth', resume=bool(resume))] if cfg['ema'] else []   # one average across phases and sizes
+    ema = [WeightEMA(cfg['ema'], run.checkpoint_dir()/'ema.pth', resume)] if cfg['ema'] else []   # one average across phases and sizes
     loaders = {tuple(cfg['size']): learn.dls}
     stop = [EarlyStoppingCallback(monitor='macro_f1', comp=np.greater, patience=cfg['early_stop'], reset_on_fit=False)] if cfg['early_stop'] else []
     names, clock = [n for n, _ in _phases(cfg)], clock or (time.time(), 0.)
@@ -294,6 +307,7 @@ def fit_recipe(learn, cfg, run:Run, resume:dict=None, extra_cbs=(), curve=None, 
         for size, first, end in size_steps(cfg, phase, n, start):
             if tuple(size) not in loaders: loaders[tuple(size)] = dls_for(size)
             learn.dls = loaders[tuple(size)]
+            for cb in ema: cb.place(phase, first)
             cbs = [best, *ema, *stop, *train_cbs(cfg), *extra_cbs]
             if is_main(): cbs += [RunLogger(run.metrics_file(phase).name, append=True, offset=first), Checkpoint(run, phase, best, first, clock)]
             if curve is not None and is_main():

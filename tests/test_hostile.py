@@ -63,7 +63,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(sample, tmp_pat
     "SIGKILL while the second epoch's checkpoint is half written: --resume continues from the first"
     import signal, subprocess, sys, time
     marker = tmp_path/'writing'
-    p = subprocess.Popen([sys.executable, '-c', KILL_DURING_SAVE, marker, *TINY_FLAGS, '--epochs', '3', '--out', tmp_path/'runs'],
+    p = subprocess.Popen([sys.executable, '-c', KILL_DURING_SAVE, marker, *TINY_FLAGS, '--epochs', '3', '--ema', '0.99', '--out', tmp_path/'runs'],
                          cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not marker.exists() and p.poll() is None and time.time() < deadline: time.sleep(0.05)
@@ -73,6 +73,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_resumable_run(sample, tmp_pat
     assert run.read_json('state')['epoch'] == 0                       # the state still names the last complete checkpoint
     r = module('train', '--resume', run.path, cwd=tmp_path)
     assert run.status == 'finished' and 'unreadable' not in r.stderr   # continued from epoch 0's checkpoint, not from scratch
+    assert 'starts again' not in r.stderr                               # and from epoch 0's average of the weights, kept beside epoch 1's
     assert pd.read_csv(run.metrics_file('unfrozen')).epoch.tolist() == [0, 1, 2]
 
 
