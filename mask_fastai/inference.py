@@ -45,6 +45,7 @@ def load_run(run, bs:int=64, engine:str='torch') -> Learner:
 def run_photos(card, df) -> pd.DataFrame:
     "The photos of `df` cut as a run's `card` says: around their faces (with `face` and `crop` columns) when it was trained so, else as they are"
     return card_crops(df, card['crop'], card['size']) if card.get('crop') else df
+
 def model_runs(runs) -> list:
     "The `Run`s of run folders `runs`, a `--folds all` run standing for its fold runs"
     return [f for r in L(runs) for f in (Run(r).fold_runs() or [Run(r)])]
@@ -124,7 +125,7 @@ def score_submission(submission, answers) -> dict:
 def read_oofs(runs):
     "The runs' out-of-fold probabilities on the photos they share: (list of `(n,18)` tensors, labels, person ids, paths); runs of disjoint folds give one merged tensor"
     frames = [Run(r).read_probs('oof').set_index('path') for r in runs]
-    if len(frames) > 1 and sum(map(len, frames)) == len(frames[0].index.append([f.index for f in frames[1:]]).unique()): frames = [pd.concat(frames)]
+    if len(frames) > 1 and (merged := pd.concat(frames)).index.is_unique: frames = [merged]   # each photo held out by one run
     common = frames[0].index
     for f in frames[1:]: common = common.intersection(f.index)
     if not len(common): raise DataError('the runs share no out-of-fold photos; ensemble runs trained on the same dataset and folds')
