@@ -346,6 +346,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train.WeightEMA._saved': ('train.html#weightema._saved', 'mask_fastai/train.py'),
                                    'mask_fastai.train.WeightEMA.after_epoch': ('train.html#weightema.after_epoch', 'mask_fastai/train.py'),
                                    'mask_fastai.train.WeightEMA.after_step': ('train.html#weightema.after_step', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.WeightEMA.averaged_model': ( 'train.html#weightema.averaged_model',
+                                                                                   'mask_fastai/train.py'),
                                    'mask_fastai.train.WeightEMA.before_fit': ('train.html#weightema.before_fit', 'mask_fastai/train.py'),
                                    'mask_fastai.train.WeightEMA.before_step': ('train.html#weightema.before_step', 'mask_fastai/train.py'),
                                    'mask_fastai.train.WeightEMA.before_validate': ( 'train.html#weightema.before_validate',

@@ -81,10 +81,12 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 class RankReport(Callback):
-    "What this rank did: the training photos it read and the digest of its weights when training ended"
+    "What this rank did: the training photos it read and the digests of its weights, and of their average if one is kept, when training ended"
     order = DistributedTrainer.order + 1
-    def __init__(self): self.photos, self.weights = 0, None
+    def __init__(self): self.photos, self.weights, self.average = 0, None, None
     def after_batch(self):
         if self.training: self.photos += find_bs(self.yb)
-    def after_fit(self): self.weights = weights_digest(self.model)
-    def report(self) -> dict: return dict(rank=rank_distrib(), train_photos=self.photos, weights=self.weights)
+    def after_fit(self):
+        self.weights = weights_digest(self.model)
+        self.average = first(weights_digest(cb.averaged_model) for cb in self.learn.cbs if hasattr(cb, 'averaged_model'))
+    def report(self) -> dict: return dict(rank=rank_distrib(), train_photos=self.photos, weights=self.weights, average=self.average)

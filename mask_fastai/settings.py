@@ -174,8 +174,8 @@ def train_settings(
     mixup:number(float, 0)=0., # MixUp alpha, 0 for off
     cutmix:number(float, 0)=0., # CutMix alpha, 0 for off
     halfmix:number(float, 0, 1)=0., # Probability per batch of same-class half mixing
-    ema:number(float, 0, 1, hi_open=True)=0., # Decay per step of a moving average of the weights that is validated and becomes the model, such as 0.999; 0 for off
-    oversample:maybe(choice('class', 'age'))=None, # Oversample the training photos by class or by age band
+    ema:number(float, 0, 1, hi_open=True)=0.999, # Decay per step of a moving average of the weights that is validated and becomes the model; 0 for off
+    oversample:maybe(choice('class', 'age'))='age', # Oversample the training photos by class or by age band (none: as they come)
     accum:number(int, 1)=1, # Gradient accumulation steps
     n_folds:number(int, 2, 20)=5, # Profile folds
     fold:number(int, 0)=0, # Validation fold

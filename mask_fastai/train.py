@@ -247,11 +247,15 @@ class WeightEMA(Callback):
         with uncompiled(self._bare()) as m: self.ema = ModelEmaV3(m, decay=self.decay, use_warmup=True)
         if self.resume and self.path and (state := self._saved()):
             self.ema.module.load_state_dict(state['model']); self.steps = int(state['steps'])
+    @property
+    def averaged_model(self): return self.ema.module
     def before_step(self): self.stepping = True   # not reached when gradient accumulation cancels the step
     def after_step(self):
         if self.stepping: self.steps += 1; self.ema.update(self._bare(), self.steps)
         self.stepping = False
     def before_validate(self):
+        if processes() > 1:   # DDP copies rank 0's batch-norm statistics only as a forward starts: copy them before the swap
+            for b in [*self._bare().buffers(), *self.ema.module.buffers()]: torch.distributed.broadcast(b, 0)
         self.raw = {k: v.clone() for k, v in self._bare().state_dict().items()}
         self._bare().load_state_dict(self.ema.module.state_dict())
     def after_epoch(self):

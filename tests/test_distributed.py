@@ -25,7 +25,7 @@ def finished(p):
 
 
 def test_two_processes_train_one_model(sample, tmp_path):
-    "One run folder; both ranks read half the batches and end with the same weights; the logged F1 is the whole validation set's"
+    "One run folder; both ranks read half the batches and end with the same weights and average; the logged F1 is the whole validation set's"
     out = finished(torchrun(*TINY_FLAGS, '--n-folds', 5, '--epochs', 1, '--out', tmp_path/'runs', cwd=tmp_path))
     run = Run(only_run(tmp_path/'runs'))
     assert out.count('run folder:') == 1 and '(2 processes)' in out
@@ -35,7 +35,8 @@ def test_two_processes_train_one_model(sample, tmp_path):
     n_train = 36*7 - len(oof)
     assert all(n_train//2 - 16 < r['train_photos'] <= n_train//2 for r in ranks)   # each rank its half, less a dropped last batch
     assert ranks[0]['weights'] == ranks[1]['weights']
-    assert weights_digest(load_run(run.path).model) == ranks[0]['weights']   # one epoch: the saved weights are the trained ones
+    assert ranks[0]['average'] == ranks[1]['average'] != ranks[0]['weights']   # the default keeps an average of the weights
+    assert weights_digest(load_run(run.path).model) == ranks[0]['average']   # one epoch: the saved weights are its average
     assert len(oof) % 2 == 1   # an odd validation set: one rank's share was padded with a repeated photo
     logged = pd.read_csv(run.metrics_file('unfrozen')).macro_f1.iloc[-1]
     single = mask_scores(run_probs(run.path, oof[['path']]), oof.label.values)['macro_f1']
