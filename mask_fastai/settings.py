@@ -192,6 +192,7 @@ def train_settings(
     channels_last:flag=True, # Channels-last memory format
     precision:choice('auto', 'fp32', 'fp16', 'bf16')='auto', # auto: bf16 on GPUs that run it natively (compute capability 8.0+), fp16 with loss scaling on older ones, fp32 on CPU
     torch_compile:choice('auto', 'true', 'false')='auto', # torch.compile the model: auto compiles on a CUDA GPU; on a CPU the compile (minutes) pays back only in long runs
+    keep_memory:flag=True, # Keep freed memory in the process for the next step (glibc's malloc hands none back): on a CPU, faulting it in again cost about a tenth of the step time
     eval_curve:flag=False, # Score the eval set after every epoch (needs eval/answers.csv) into eval_curve.csv
     keep_checkpoints:flag=False, # Keep the per-epoch checkpoints once the run has finished
     wandb:flag=False, # Log to Weights & Biases (offline unless WANDB_MODE says otherwise; pip install 'mask_fastai[wandb]')

@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'same_class_perm', 'HalfMix', 'MaskMixUp', 'MaskCutMix', 'RunLogger', 'save_atomic', 'SaveBest',
            'Checkpoint', 'trim_logs', 'load_checkpoint', 'EvalCurve', 'config_dls', 'sized_dls', 'device_capability',
-           'choose_precision', 'choose_compile', 'uncompiled', 'photo_and_class', 'config_learner', 'WeightEMA',
-           'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run', 'probe_rates',
-           'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure', 'wandb_finish',
-           'train_fold', 'faces_report', 'train', 'summary_line', 'main']
+           'choose_precision', 'choose_compile', 'uncompiled', 'photo_and_class', 'config_learner', 'keep_freed_memory',
+           'WeightEMA', 'train_cbs', 'phase_fit_args', 'size_steps', 'fit_recipe', 'model_card', 'save_run',
+           'probe_rates', 'plan_epochs', 'budget_cfg', 'wandb_start', 'wandb_epochs', 'top_losses_figure',
+           'wandb_finish', 'train_fold', 'faces_report', 'train', 'summary_line', 'main']
 
 # %% ../nbs/05_train.ipynb #67cd2ba8
-import os, random, time, traceback
+import ctypes, os, platform, random, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, pandas as pd, torch
@@ -218,6 +218,15 @@ def config_learner(cfg, dls, path=None):
     elif precision == 'bf16': learn.to_bf16()
     if choose_compile(cfg['torch_compile'], device_capability()): learn.model.compile()   # in place: weights keep their names
     return learn
+
+# %% ../nbs/05_train.ipynb #5c1e7a21
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc's mallopt parameters (malloc.h)
+
+def keep_freed_memory() -> bool:
+    "Have glibc's `malloc` keep freed blocks for reuse, none handed back to the system; False where the C library is not glibc"
+    if platform.libc_ver()[0] != 'glibc': return False
+    mallopt = ctypes.CDLL(None).mallopt   # the process's own C library
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 # %% ../nbs/05_train.ipynb #528efab9
 class WeightEMA(Callback):
@@ -557,6 +566,7 @@ def train(cfg:dict=None, # Settings (`resolve_config`), for a new run
         if run.status == 'finished': return run.read_json('summary')
         cfg = run.config()
     with main_first(): cfg, df, eval_df, answers = _check_before_run(resolve_config(**cfg))   # rank 0 converts weights once
+    if cfg['keep_memory']: keep_freed_memory()
     if not resume:
         if is_main():
             run = new_run(cfg['out'], cfg['name'] or cfg['arch'])

@@ -114,3 +114,14 @@ def test_torch_compile_follows_the_device_unless_asked(frame):
     assert list(compiled.state_dict()) == list(eager.state_dict())
     with uncompiled(compiled): assert compiled._compiled_call_impl is None
     assert compiled._compiled_call_impl is not None
+
+
+@pytest.mark.parametrize('keep', [True, False])
+def test_train_keeps_freed_memory_only_when_set(sample, tmp_path, monkeypatch, keep):
+    "--keep-memory: train() has malloc keep freed memory before any training, and leaves it alone when false"
+    import mask_fastai.train as T
+    calls = []
+    monkeypatch.setattr(T, 'keep_freed_memory', lambda: calls.append('kept'))
+    monkeypatch.setattr(T, '_complete', lambda run, *a, **kw: calls.append('trained'))   # the training itself is tested elsewhere
+    T.train(resolve_config(**TINY, out=str(tmp_path/'runs'), keep_memory=keep))
+    assert calls == (['kept', 'trained'] if keep else ['trained'])
