@@ -21,7 +21,7 @@ from .data import *
 from .losses import *
 from .models import pretrained_weights, backbone_stats, photo_probs
 from .runs import config_frame, dataset_root, eval_set, score_eval, environment
-from .train import config_dls, config_learner, train
+from .train import config_dls, config_learner, train, keep_freed_memory
 from .export import onnx_file, OnnxModel
 
 # %% ../nbs/08_bench.ipynb #30ee184d
@@ -188,9 +188,11 @@ def bench(quick:bool=False, # The embedded sample, a few batches, one epoch
     quick_defaults = dict(sample_people=36, epochs=1) if quick else {}
     cfg = resolve_config(**{'fixes': False, **quick_defaults, **settings, 'data': None if quick else data})
     df, (eval_df, answers) = config_frame(cfg), eval_set(dataset_root(cfg))
+    kept = cfg['keep_memory'] and keep_freed_memory()   # for the whole process: the plain loop runs with it too
     res = dict(machine=environment(), date=time.strftime('%Y-%m-%d %H:%M'), data=str(cfg['data'] or 'the embedded sample'),
                command='python -m mask_fastai.bench ' + ('--quick true' if quick else f"--data {data}"),
-               config=f"{cfg['arch']}, {cfg['size'][0]}x{cfg['size'][1]}, bs {cfg['bs']}, {cfg['freeze_epochs']}+{cfg['epochs']} epochs")
+               config=f"{cfg['arch']}, {cfg['size'][0]}x{cfg['size'][1]}, bs {cfg['bs']}, {cfg['freeze_epochs']}+{cfg['epochs']} epochs"
+                      + ("; freed memory kept in the process for both loops" if kept else ""))
     res['speed'] = speed_bench(cfg, df, eval_df, 3 if quick else n_batches, full_pass=not quick)
     print(json.dumps(res['speed'], indent=1), flush=True)
     if curve and answers is not None: res['curve'] = curve_bench(cfg, eval_df, answers, runs)

@@ -1,5 +1,5 @@
 "predict, interpret, bench and runs from the command line, and label-noise suspects on deliberately corrupted sample data."
-import json, shutil
+import json, platform, shutil
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -117,6 +117,7 @@ def test_bench_quick_records_its_section(sample, tmp_path):
     text = md.read_text()
     assert 'Hand-written notes stay.' in text and '<!-- bench:start -->' in text and '| training img/s |' in text
     assert '| mask_fastai minutes | macro F1 |' in text and '`python -m mask_fastai.bench --quick true`' in text
+    assert ('freed memory kept in the process for both loops' in text) == (platform.libc_ver()[0] == 'glibc')   # --keep-memory is on by default
 
 
 def test_predict_a_folder_of_photos_without_info_csv(tiny_runs, sample, tmp_path):
