@@ -152,6 +152,7 @@ def train_settings(
     lin_ftrs:maybe(numbers(int, lo=1))=None, # Hidden layer sizes of the head, such as 512
     ps:number(float, 0, 1, hi_open=True)=0.5, # Head dropout
     xavier:flag=False, # Xavier-uniform head initialisation instead of Kaiming
+    drop_path:number(float, 0, 1, hi_open=True)=0., # Stochastic depth of the body: the chance, rising to this in its last block, that a residual block is skipped in a training step (timm's drop_path_rate); 0 for off
     size:image_size=[128, 96], # Image size: height,width, or one number for both
     grow_from:maybe(image_size)=None, # Progressive resizing: the first --grow-epochs unfrozen epochs at this smaller size, the rest at --size, in one one-cycle schedule
     grow_epochs:number(int, 0)=0, # Epochs at --grow-from

@@ -209,9 +209,14 @@ def config_learner(cfg, dls, path=None):
     "The learner `cfg` describes over `dls`, writing into `path`"
     weight = class_weights(dls.train_ds.items.label, cfg['multitask']) if cfg['class_weighted'] else None
     loss = MaskLoss(cfg['loss'], cfg['multitask'], cfg['smoothing'], cfg['gamma'], weight, cfg['task_weights'], cfg['age_head'])
-    learn = mask_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], weights=cfg['weights'], hub=cfg['hub'],
-                         multitask=cfg['multitask'], age_head=cfg['age_head'], xavier=cfg['xavier'], loss_func=loss, lin_ftrs=cfg['lin_ftrs'],
-                         ps=cfg['ps'], opt_func=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], path=path or '.')
+    depth = {'drop_path_rate': cfg['drop_path']} if cfg['drop_path'] else {}   # timm's own; not every arch takes it
+    try:
+        learn = mask_learner(dls, cfg['arch'], pretrained=cfg['pretrained'], weights=cfg['weights'], hub=cfg['hub'],
+                             multitask=cfg['multitask'], age_head=cfg['age_head'], xavier=cfg['xavier'], loss_func=loss, lin_ftrs=cfg['lin_ftrs'],
+                             ps=cfg['ps'], opt_func=OPTIMIZERS[cfg['opt']], wd=cfg['wd'], path=path or '.', **depth)
+    except TypeError as e:
+        if depth and 'drop_path_rate' in str(e): raise SettingError(f"--drop-path {cfg['drop_path']:g}: timm's {cfg['arch']} has no stochastic depth; leave --drop-path at 0") from None
+        raise
     if cfg['channels_last']: learn.to_channelslast(use_amp=False)
     precision = choose_precision(cfg['precision'], device_capability())
     if precision == 'fp16': learn.to_fp16()

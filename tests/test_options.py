@@ -1,7 +1,8 @@
 "Each training option has its effect on what is built or computed: checked on the learner and loaders, training only where the option acts in training."
 import pytest, torch
 from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize
-from mask_fastai.settings import resolve_config
+from timm.layers import DropPath
+from mask_fastai.settings import resolve_config, SettingError
 from mask_fastai.runs import Run, config_frame
 from mask_fastai.losses import class_weights
 from mask_fastai.train import config_dls, config_learner, train_cbs, phase_fit_args, fit_recipe, HalfMix, MaskMixUp, MaskCutMix
@@ -27,6 +28,21 @@ def test_xavier_changes_the_head_initialisation(frame):
     w_kaiming, w_xavier = linears(build(frame)[1])[-1].weight, linears(build(frame, xavier=True)[1])[-1].weight
     bound = (6/sum(w_xavier.shape))**.5
     assert w_xavier.abs().max() <= bound + 1e-6 < w_kaiming.abs().max()
+
+
+def test_drop_path_skips_residual_blocks_in_training_only(frame):
+    "--drop-path gives the body timm's stochastic depth, rising block by block: a training forward varies, an evaluating one does not"
+    def body_twice(**opts):
+        body = build(frame, arch='tf_efficientnet_lite0', **opts)[1].model[0]   # the tiny test net has no residual blocks
+        x, out = torch.randn(4, 3, 48, 48), []
+        for mode in (True, False):
+            body.train(mode)
+            with torch.no_grad(): out.append((body(x) - body(x)).abs().max().item())
+        return [m.drop_prob for m in body.modules() if isinstance(m, DropPath)], out
+    rates, (train, evaluate) = body_twice(drop_path=0.3)
+    assert rates == sorted(rates) and 0 < rates[0] < rates[-1] < 0.3 and train > 0.1 and evaluate == 0
+    assert body_twice() == ([], [0, 0])
+    with pytest.raises(SettingError, match="timm's vgg11 has no stochastic depth"): build(frame, arch='vgg11', drop_path=0.1)
 
 
 def test_smoothing_and_loss_kind_change_the_loss_value(frame):
