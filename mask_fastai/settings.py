@@ -192,7 +192,7 @@ def train_settings(
     tta:flag=False, # TTA for the submission
     channels_last:flag=True, # Channels-last memory format
     precision:choice('auto', 'fp32', 'fp16', 'bf16')='auto', # auto: bf16 on GPUs that run it natively (compute capability 8.0+), fp16 with loss scaling on older ones, fp32 on CPU
-    torch_compile:choice('auto', 'true', 'false')='auto', # torch.compile the model: auto compiles on a CUDA GPU; on a CPU the compile (minutes) pays back only in long runs
+    torch_compile:choice('auto', 'true', 'false')='auto', # torch.compile the model: auto compiles on a CUDA GPU only: on two CPU cores a compiled epoch measured slower than an eager one (BENCHMARKS.md)
     keep_memory:flag=True, # Keep freed memory in the process for the next step (glibc's malloc hands none back): on a CPU, faulting it in again cost about a tenth of the step time
     eval_curve:flag=False, # Score the eval set after every epoch (needs eval/answers.csv) into eval_curve.csv
     keep_checkpoints:flag=False, # Keep the per-epoch checkpoints once the run has finished
