@@ -350,10 +350,13 @@ def with_images(df, # A frame with a `path` column of photos (files, or PIL imag
 # %% ../nbs/01_data.ipynb #c85683f4
 @delegates(aug_transforms)
 def mask_tfms(stats=None, # Normalisation statistics, or None to leave normalising to `mask_learner` (the backbone's)
-              max_rotate:float=10., max_warp:float=0.1, max_lighting:float=0.2, **kwargs):
-    "Batch transforms: flips, small rotations, perspective warp and lighting, then `Normalize`"
-    tfms = aug_transforms(max_rotate=max_rotate, max_warp=max_warp, max_lighting=max_lighting, **kwargs)
-    return tfms + ([Normalize.from_stats(*stats)] if stats else [])
+              max_rotate:float=TRAIN_DEFAULTS['max_rotate'], max_zoom:float=TRAIN_DEFAULTS['max_zoom'], max_lighting:float=TRAIN_DEFAULTS['max_lighting'],
+              max_warp:float=0.1,
+              erase:float=TRAIN_DEFAULTS['erase'], # Chance per photo of a `RandomErasing` rectangle of noise, 0 for none
+              **kwargs):
+    "Batch transforms: flips, rotations, zoom, perspective warp, lighting and maybe random erasing, then `Normalize`"
+    tfms = aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting, **kwargs)
+    return tfms + ([RandomErasing(p=erase)] if erase else []) + ([Normalize.from_stats(*stats)] if stats else [])
 
 def mask_block(size=TRAIN_DEFAULTS['size'], # Image size (height, width)
                method:str='squish', # Resize method: 'squish', 'crop' or 'pad'

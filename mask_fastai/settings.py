@@ -160,6 +160,10 @@ def train_settings(
     crop:choice('none', 'face')='none', # face: cut each photo around its face before resizing, in training and prediction alike (MTCNN: pip install --no-deps facenet-pytorch==2.6.0)
     crop_margin:number(float, 0, 4)=0.5, # With --crop face: added to each side of the face box, as a fraction of its size
     cache:flag=True, # Decode and resize each photo once, into the image cache
+    max_rotate:number(float, 0, 180)=10., # Training augmentation: the largest rotation, in degrees
+    max_zoom:number(float, 1, 4)=1.1, # Training augmentation: the largest zoom into a photo (1 for none)
+    max_lighting:number(float, 0, 1, hi_open=True)=0.2, # Training augmentation: the largest change of brightness and contrast
+    erase:number(float, 0, 1)=0., # Training augmentation: the chance that a photo gets a rectangle of noise (fastai's RandomErasing); 0 for off
     bs:number(int, 1)=32, # Batch size
     num_workers:maybe(number(int, 0))=None, # DataLoader workers (none: 0 on CPU, fastai's default with CUDA)
     epochs:number(int, 0)=4, # Epochs with the body unfrozen

@@ -1,6 +1,6 @@
 "Each training option has its effect on what is built or computed: checked on the learner and loaders, training only where the option acts in training."
 import pytest, torch
-from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize
+from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize, TensorImage
 from timm.layers import DropPath
 from mask_fastai.settings import resolve_config, SettingError
 from mask_fastai.runs import Run, config_frame
@@ -43,6 +43,20 @@ def test_drop_path_skips_residual_blocks_in_training_only(frame):
     assert rates == sorted(rates) and 0 < rates[0] < rates[-1] < 0.3 and train > 0.1 and evaluate == 0
     assert body_twice() == ([], [0, 0])
     with pytest.raises(SettingError, match="timm's vgg11 has no stochastic depth"): build(frame, arch='vgg11', drop_path=0.1)
+
+
+def test_augmentation_options_reach_the_training_batches(frame):
+    "--max-rotate, --max-zoom and --max-lighting set fastai's augmentations; --erase adds noise rectangles after normalising, to training batches only"
+    learn = build(frame, max_rotate=25., max_zoom=1.5, max_lighting=0.4, erase=1.)[1]
+    fs = learn.dls.train.after_batch.fs
+    affine = {f.func.__name__: f.keywords for t in fs for f in getattr(t, 'aff_fs', [])}
+    assert (affine['rotate_mat']['max_deg'], affine['zoom_mat']['max_zoom']) == (25., 1.5)
+    assert [t.max_lighting for t in fs if hasattr(t, 'max_lighting')] == [0.4]
+    names = [type(t).__name__ for t in fs]
+    assert names.index('Normalize') < names.index('RandomErasing')
+    erase, blank = fs[names.index('RandomErasing')], lambda: TensorImage(torch.zeros(4, 3, 32, 24))   # it erases in place
+    assert (erase(blank(), split_idx=0) != 0).any(dim=(1, 2, 3)).all() and (erase(blank(), split_idx=1) == 0).all()
+    assert 'RandomErasing' not in [type(t).__name__ for t in build(frame)[1].dls.train.after_batch.fs]
 
 
 def test_smoothing_and_loss_kind_change_the_loss_value(frame):
