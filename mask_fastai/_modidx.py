@@ -259,6 +259,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.runs._atomic_write': ('runs.html#_atomic_write', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs._flat': ('runs.html#_flat', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs._row': ('runs.html#_row', 'mask_fastai/runs.py'),
+                                  'mask_fastai.runs.answer_people': ('runs.html#answer_people', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.compare_runs': ('runs.html#compare_runs', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.config_frame': ('runs.html#config_frame', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.dataset_root': ('runs.html#dataset_root', 'mask_fastai/runs.py'),

@@ -116,10 +116,11 @@ def predict_images(runs, images, # Run folders, and a folder or file of photos
 
 # %% ../nbs/06_inference.ipynb #b9ec20be
 def score_submission(submission, answers) -> dict:
-    "`mask_scores` of a submission (frame or CSV path) against answers (frame or `answers.csv` path with ImageID, ans)"
+    "`mask_scores` of a submission (frame or CSV path) against answers (frame or `answers.csv` path with ImageID, ans), with an interval over people when the answers name them (an `id` column)"
     sub = pd.read_csv(submission, dtype={'ImageID': str}) if not isinstance(submission, pd.DataFrame) else submission
     ans = pd.read_csv(answers, dtype={'ImageID': str}).assign(source=str(answers)) if not isinstance(answers, pd.DataFrame) else answers
-    return mask_scores(torch.eye(N_CLASSES)[torch.tensor(sub.ans.to_numpy(), dtype=torch.long)], eval_labels(sub, ans))
+    onehot = torch.eye(N_CLASSES)[torch.tensor(sub.ans.to_numpy(), dtype=torch.long)]
+    return mask_scores(onehot, eval_labels(sub, ans), groups=answer_people(sub.ImageID, ans))
 
 # %% ../nbs/06_inference.ipynb #3cbd083b
 def read_oofs(runs):

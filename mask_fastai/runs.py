@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'CARD_KEYS', 'environment', 'dataset_root', 'config_frame', 'Run', 'prob_frame', 'prob_matrix', 'new_run',
-           'score_eval', 'eval_set', 'merge_folds', 'compare_runs', 'md_table', 'main']
+           'answer_people', 'score_eval', 'eval_set', 'merge_folds', 'compare_runs', 'md_table', 'main']
 
 # %% ../nbs/04_runs.ipynb #6a5d39e8
 import json, os, platform, shutil, sys, tempfile, time
@@ -217,10 +217,13 @@ def new_run(out, name:str) -> Run:
     raise RuntimeError(f'no free run folder name under {out}')
 
 # %% ../nbs/04_runs.ipynb #cb5577cd
+def answer_people(image_ids, answers):
+    "The person of each photo of `image_ids` as `answers` names them (its `id` column), or None when they name none"
+    return answers.drop_duplicates('ImageID').set_index('ImageID').id.reindex(image_ids).to_numpy() if 'id' in answers else None
+
 def score_eval(probs, eval_df, answers) -> dict:
     "`mask_scores` of eval `probs` (rows in `eval_df` order) against `answers`, with an interval over people when they name them (an `id` column)"
-    people = answers.drop_duplicates('ImageID').set_index('ImageID').id.reindex(eval_df.ImageID).to_numpy() if 'id' in answers else None
-    return mask_scores(probs, eval_labels(eval_df, answers), groups=people)
+    return mask_scores(probs, eval_labels(eval_df, answers), groups=answer_people(eval_df.ImageID, answers))
 
 def eval_set(root):
     "The eval photos and answers of dataset `root`: (frame or None, answers or None)"
