@@ -166,7 +166,7 @@ def train_settings(
     erase:number(float, 0, 1)=0., # Training augmentation: the chance that a photo gets a rectangle of noise (fastai's RandomErasing); 0 for off
     bs:number(int, 1)=32, # Batch size
     num_workers:maybe(number(int, 0))=None, # DataLoader workers (none: 0 on CPU, fastai's default with CUDA)
-    epochs:number(int, 0)=4, # Epochs with the body unfrozen
+    epochs:number(int, 0)=5, # Epochs with the body unfrozen
     freeze_epochs:number(int, 0)=0, # Epochs training only the head, before those
     lr:number(float, 0, 10, lo_open=True)=2e-3, # Peak learning rate
     lr_mult:number(float, 1)=2., # Ratio of head to first-layer learning rate
