@@ -69,10 +69,10 @@ def pretrained_weights(arch:str, # timm architecture name
 
 # %% ../nbs/02_models.ipynb #e25da91f
 class MultiTaskHead(nn.Module):
-    "Mask (3), gender (2) and age-band (3) heads, and with `years` an age regression (1), over one body's `nf` features; outputs concatenated"
-    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True, years:bool=False):
+    "Mask (3), gender (2) and age-band (3) heads, and an age head of `age_outputs` (none when 0), over one body's `nf` features; outputs concatenated"
+    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True, age_outputs:int=0):
         super().__init__()
-        sizes = [*TASK_SIZES.values(), *([1] if years else [])]
+        sizes = [*TASK_SIZES.values(), *([age_outputs] if age_outputs else [])]
         self.heads = nn.ModuleList(create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in sizes)
     def forward(self, x): return torch.cat([h(x) for h in self.heads], dim=1)
 
@@ -101,7 +101,7 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                  weights=None, # A local weights file for `arch`
                  hub:bool=False, # Let timm try its hub download
                  multitask:bool=False, # Three task heads instead of one 18-way head
-                 age_head:str='band', # 'years': the multi-task head also regresses the age, which gives the band
+                 age_head:str='band', # 'years' or 'dist': the multi-task head also predicts the age (see `MaskLoss`), which gives the band
                  xavier:bool=False, # Xavier-uniform instead of Kaiming initialisation of the head
                  loss_func=None, # Default `MaskLoss(multitask=multitask)`
                  metrics=None, # Default `mask_metrics()`
@@ -113,11 +113,11 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
     if normalize: backbone_normalize(dls, arch)
     init = nn.init.xavier_uniform_ if xavier else nn.init.kaiming_normal_
     learn = vision_learner(dls, arch, n_out=sum(TASK_SIZES.values()) if multitask else N_CLASSES, pretrained=pretrained,
-                           loss_func=ifnone(loss_func, MaskLoss(multitask=multitask, age_head=age_head)), metrics=ifnone(metrics, mask_metrics(age_head == 'years')),
+                           loss_func=ifnone(loss_func, MaskLoss(multitask=multitask, age_head=age_head)), metrics=ifnone(metrics, mask_metrics(age_head != 'band')),
                            init=init, lin_ftrs=lin_ftrs, ps=ps, normalize=False, **kwargs)
     if multitask:
         body = learn.model[0]
-        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool, years=age_head == 'years')
+        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool, age_outputs=AGE_OUTPUTS[age_head])
         apply_init(learn.model[1], init)
         learn.opt = None
         if pretrained: learn.freeze()

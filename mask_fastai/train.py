@@ -58,7 +58,7 @@ class HalfMix(Callback):
 
 # %% ../nbs/05_train.ipynb #a55156fb
 class MaskMixUp(MixUp):
-    "fastai's `MixUp` for batches whose targets are the class and, with `age_head='years'`, the age: the class sizes the batch"
+    "fastai's `MixUp` for batches whose targets are the class and, with an age output (`age_head` 'years' or 'dist'), the age: the class sizes the batch"
     @property
     def y(self): return self.yb[0]
 
@@ -167,7 +167,7 @@ def config_dls(cfg, df, fold:int):
     crop = FaceCrop.from_record(crop_record(df.attrs['faces']), cfg['size']) if 'faces' in df.attrs else None
     augment = mask_tfms(max_rotate=cfg['max_rotate'], max_zoom=cfg['max_zoom'], max_lighting=cfg['max_lighting'], erase=cfg['erase'])
     return mask_dls(df, fold=fold, size=cfg['size'], method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'], batch_tfms=augment,
-                    oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] == 'years', crop=crop)
+                    oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] != 'band', crop=crop)
 
 def sized_dls(cfg, df, fold:int, size):
     "The loaders of `cfg` at another image `size` (progressive resizing), normalised for its backbone"
@@ -349,20 +349,20 @@ def model_card(cfg, classes, loss=None, crop=None) -> dict:
                 lin_ftrs=cfg['lin_ftrs'], ps=cfg['ps'], classes=list(classes), size=cfg['size'], method=cfg['method'],
                 mean=list(mean), std=list(std), age_cuts=cfg['age_cuts'], cache=cfg['cache'], weights=RUN_FILES['weights'],
                 precision=choose_precision(cfg['precision'], device_capability()), age_head=cfg['age_head'],
-                band_cuts=list(loss.age_cuts) if cfg['age_head'] == 'years' and loss is not None else None, crop=crop)
+                band_cuts=list(loss.age_cuts) if cfg['age_head'] != 'band' and loss is not None else None, crop=crop)
 
 def save_run(learn, cfg, run:Run, fold:int, eval_df=None, answers=None, crop=None) -> dict:
     "Write the best model, its card, export, confusion matrix, validation probabilities and submission; return the scores"
     valid, loss = learn.dls.valid_ds.items, learn.loss_func
     with learn.no_bar(): out, targs = learn.get_preds(dl=learn.dls.valid, act=noop)
     out, labels = out.float(), (targs[0] if isinstance(targs, (list, tuple)) else targs).numpy()
-    if cfg['age_head'] == 'years': loss.age_cuts = fit_age_cuts(loss, out, labels)   # on people the model did not train on
+    if cfg['age_head'] != 'band': loss.age_cuts = fit_age_cuts(loss, out, labels)   # on people the model did not train on
     probs = loss.activation(out)
     save_model(learn.model, run.file('weights'))
     run.write_json('card', model_card(cfg, learn.dls.vocab, loss, crop))
     run.write_probs('oof', probs, path=valid.path.values, id=valid.id.values, fold=fold, label=valid.label.values)
     res = dict(fold=fold, valid=mask_scores(probs, labels, groups=valid.id.values))
-    if cfg['age_head'] == 'years': res['valid'].update(age_mae=float((loss.years(out) - targs[1].float()).abs().mean()), band_cuts=list(loss.age_cuts))
+    if cfg['age_head'] != 'band': res['valid'].update(age_mae=float((loss.years(out) - targs[1].float()).abs().mean()), band_cuts=list(loss.age_cuts))
     fig, ax = plt.subplots(figsize=(12, 12))
     ConfusionMatrixDisplay.from_predictions(labels, probs.argmax(1).numpy(), labels=range(N_CLASSES), display_labels=list(learn.dls.vocab),
                                             xticks_rotation='vertical', colorbar=False, ax=ax)

@@ -183,15 +183,16 @@ def test_an_empty_eval_set_is_refused_before_training(sample_copy, tmp_path):
     assert not (tmp_path/'runs').exists()
 
 
-def test_age_years_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path):
-    "--age-head years: the run reports its age error, fits the band cuts on its validation people, and predict uses the card's cuts"
+@pytest.mark.parametrize('head', ['years', 'dist'])
+def test_age_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path, head):
+    "--age-head years or dist: the run reports its age error, fits the band cuts on its validation people, and predict uses the card's cuts"
     from mask_fastai.inference import run_probs
     from mask_fastai.metrics import mask_scores
-    r = module('train', *TINY_FLAGS, '--epochs', 1, '--multitask', 'true', '--age-head', 'years', '--out', tmp_path/'runs', cwd=tmp_path)
+    r = module('train', *TINY_FLAGS, '--epochs', 1, '--multitask', 'true', '--age-head', head, '--out', tmp_path/'runs', cwd=tmp_path)
     run = Run(only_run(tmp_path/'runs'))
     valid, card = run.read_json('summary')['valid'], run.card()
     assert 'valid age MAE' in r.stdout and 0 < valid['age_mae'] < 100
-    assert card['age_head'] == 'years' and card['band_cuts'] == valid['band_cuts'] and 20 <= card['band_cuts'][0] < card['band_cuts'][1] <= 75
+    assert card['age_head'] == head and card['band_cuts'] == valid['band_cuts'] and 20 <= card['band_cuts'][0] < card['band_cuts'][1] <= 75
     assert 'age_mae' in pd.read_csv(run.metrics_file('unfrozen')).columns
     from mask_fastai.runs import compare_runs
     assert compare_runs([run.path]).valid_age_mae.iloc[0] == valid['age_mae']
