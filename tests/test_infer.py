@@ -45,6 +45,7 @@ def test_predict_ensembles_three_runs_soft_hard_and_fitted(tiny_runs, sample, tm
         r = module('predict', *tiny_runs, '--out', sub, *extra, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         check_submission(pd.read_csv(sub), info)
+        assert isinstance(printed_json(r).get('oof'), dict) == (extra in ([], ['--weights', '1,2,1']))   # the soft vote's own out-of-fold score
     res = printed_json(r)
     assert set(res['oof_cv']) >= {'plain', 'fitted', 'gain'}
     plan_file = sub.with_suffix('.plan.json')
