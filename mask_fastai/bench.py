@@ -69,7 +69,7 @@ def plain_predict(model, dl, device='cpu'):
 def pipeline_speed(dl, max_batches=None):
     "Images per second delivered by fastai `dl` (decode, item and batch transforms), with no model"
     n, start = 0, time.time()
-    for i, (x, *_) in enumerate(dl):   # a years-head recipe's batches also carry the age
+    for i, (x, *_) in enumerate(dl):   # an age-regressing recipe's batches (years, dist) also carry the age
         if max_batches and i >= max_batches: break
         n += len(x)
     return n/(time.time() - start)
