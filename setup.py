@@ -8,7 +8,7 @@ cfg = cfg['DEFAULT']
 
 licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
 reqs = cfg.get('requirements', '').split()
-extras = {k: cfg.get(f'{k}_requirements', '').split() for k in ('wandb', 'onnx', 'sweep', 'demo', 'dev')}
+extras = {k: cfg.get(f'{k}_requirements', '').split() for k in ('wandb', 'onnx', 'sweep', 'demo', 'teacher', 'dev')}
 scripts = [s for s in cfg.get('console_scripts', '').split() if s]
 
 setuptools.setup(
