@@ -57,10 +57,13 @@ def model_runs(runs) -> list:
 
 def run_probs(run, df, tta:bool=False, bs:int=64, engine:str='torch',
               cut:bool=True): # Cut `df` as the run's card says; False when it is `run_photos` of this run already
-    "18-class probabilities of the photos in `df` (a `path` column) from run folder `run`, read and cut as the run was trained"
+    "18-class probabilities of the photos in `df` (a `path` column) from run folder `run`, read and cut as the run was trained, with the face-age teacher mixed in when the run has its fitted mix"
     learn = load_run(run, bs, engine)
-    c = learn.card
-    return photo_probs(learn, run_photos(c, df) if cut else df, tta, c['size'], c['method'], c.get('cache', True), bs)
+    c, photos = learn.card, (run_photos(learn.card, df) if cut else df)
+    if Run(run).has('teacher'):
+        from mask_fastai.teacher import teacher_probs   # the teacher module loads runs with this one
+        return teacher_probs(learn, photos, Run(run).read_json('teacher'), tta, bs)
+    return photo_probs(learn, photos, tta, c['size'], c['method'], c.get('cache', True), bs)
 
 # %% ../nbs/06_inference.ipynb #e458874b
 def soft_vote(probs, weights=None):

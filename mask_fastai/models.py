@@ -141,7 +141,9 @@ def photo_probs(learn, df, # A frame with a `path` column of photos
                 tta:bool=False, # fastai's `tta` instead of `get_preds`
                 size=None, method:str='squish', # Size and resize method of the cached copies the learner was trained on
                 cache:bool=True, # Read the cached copies (else the original photos)
-                bs:int=64): # Batch size
+                bs:int=64, # Batch size
+                raw:bool=False): # The network's raw outputs instead (without `tta`)
     "18-class probabilities of the photos in `df`"
+    if raw and tta: raise ValueError('raw outputs are of the photos as they are, without test-time augmentation')
     dl = learn.dls.test_dl(with_images(df, size, method, cache and size is not None), bs=bs)
-    with learn.no_bar(): return (learn.tta(dl=dl) if tta else learn.get_preds(dl=dl))[0].float()
+    with learn.no_bar(): return (learn.tta(dl=dl) if tta else learn.get_preds(dl=dl, act=noop if raw else None))[0].float()

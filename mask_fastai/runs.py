@@ -38,6 +38,7 @@ RUN_FILES = dict(
     eval_curve='eval_curve.csv',   # dev-eval scores after every epoch (--eval-curve)
     checkpoints='models',          # fastai's model_dir: the last and the best epoch, removed once the run has finished
     interpret='interpret',         # what `python -m mask_fastai.interpret` writes
+    teacher='teacher.json',        # the face-age teacher's mix, fitted on the validation photos (python -m mask_fastai.teacher)
 )
 
 # %% ../nbs/04_runs.ipynb #3887a850

