@@ -177,7 +177,7 @@ def fit_teacher_blend(loss_func, # The run's `MaskLoss` (age_head 'years'); its 
     from sklearn.linear_model import LogisticRegression
     labels, ages = np.asarray(labels), np.asarray(ages, dtype=float)
     b, a = np.polyfit(teacher.age.to_numpy(), ages, 1)
-    lr = LogisticRegression().fit(_logit(teacher.female)[:, None], decode(torch.as_tensor(labels))[1].numpy())
+    lr = LogisticRegression().fit(_logit(teacher.female)[:, None], decode(labels)[1])
     base = dict(age_line=[float(a), float(b)], gender_line=[float(lr.intercept_[0]), float(lr.coef_[0, 0])])
     def score(wa, wg):
         blend = {**base, 'w_age': float(wa), 'w_gender': float(wg)}
