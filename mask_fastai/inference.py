@@ -61,8 +61,8 @@ def run_probs(run, df, tta:bool=False, bs:int=64, engine:str='torch',
     learn = load_run(run, bs, engine)
     c, photos = learn.card, (run_photos(learn.card, df) if cut else df)
     if Run(run).has('teacher'):
-        from mask_fastai.teacher import teacher_probs   # the teacher module loads runs with this one
-        return teacher_probs(learn, photos, Run(run).read_json('teacher'), tta, bs)
+        from mask_fastai.teacher import teacher_probs, read_teacher   # the teacher module loads runs with this one
+        return teacher_probs(learn, photos, read_teacher(run), tta, bs)
     return photo_probs(learn, photos, tta, c['size'], c['method'], c.get('cache', True), bs)
 
 # %% ../nbs/06_inference.ipynb #e458874b
