@@ -347,6 +347,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'mask_fastai.teacher.load_teacher': ('teacher.html#load_teacher', 'mask_fastai/teacher.py'),
                                      'mask_fastai.teacher.main': ('teacher.html#main', 'mask_fastai/teacher.py'),
                                      'mask_fastai.teacher.read_teacher': ('teacher.html#read_teacher', 'mask_fastai/teacher.py'),
+                                     'mask_fastai.teacher.run_and_teacher': ('teacher.html#run_and_teacher', 'mask_fastai/teacher.py'),
                                      'mask_fastai.teacher.same_pad': ('teacher.html#same_pad', 'mask_fastai/teacher.py'),
                                      'mask_fastai.teacher.teacher_batch': ('teacher.html#teacher_batch', 'mask_fastai/teacher.py'),
                                      'mask_fastai.teacher.teacher_outputs': ('teacher.html#teacher_outputs', 'mask_fastai/teacher.py'),

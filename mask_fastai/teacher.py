@@ -5,15 +5,16 @@
 # %% auto #0
 __all__ = ['PIP_TEACHER', 'TEACHER_FILE', 'AGE_COL', 'GENDER_COLS', 'TEACHER_KEYS', 'same_pad', 'SameConv', 'WideBlock',
            'AgeGenderWRN', 'teacher_weights', 'load_teacher', 'teacher_batch', 'teacher_outputs', 'calibrated',
-           'blend_raw', 'fit_teacher_blend', 'teacher_probs', 'fit_run_teacher', 'read_teacher', 'main']
+           'blend_raw', 'fit_teacher_blend', 'run_and_teacher', 'teacher_probs', 'fit_run_teacher', 'read_teacher',
+           'main']
 
 # %% ../nbs/02b_teacher.ipynb #d2f585b4
-import functools, importlib.util
+import functools, importlib.util, json, os
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from fastcore.all import *
-import json, os
+from scipy.special import expit, logit
 from fastcore.script import call_parse
 from .core import decode
 from .settings import cache_dir, cli_errors, number, flag
@@ -150,12 +151,12 @@ def teacher_outputs(photos, # Photo files, PIL images or arrays
 AGE_COL = sum(TASK_SPLITS)   # the regressed age (in decades) follows the mask, gender and band logits
 GENDER_COLS = slice(TASK_SPLITS[0], TASK_SPLITS[0] + TASK_SPLITS[1])
 
-def _logit(p): p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6); return np.log(p/(1 - p))
+def _logit(p): return logit(np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6))   # a sure 0 or 1 stays finite
 
 def calibrated(teacher:pd.DataFrame, blend:dict) -> tuple:
     "The teacher's ages and chances of female, calibrated by `blend`'s fitted line and logistic curve"
     (a, b), (c, d) = blend['age_line'], blend['gender_line']
-    return a + b*teacher.age.to_numpy(), 1/(1 + np.exp(-(c + d*_logit(teacher.female))))
+    return a + b*teacher.age.to_numpy(), expit(c + d*_logit(teacher.female))
 
 def blend_raw(raw, teacher:pd.DataFrame, blend:dict) -> torch.Tensor:
     "Raw multi-task outputs `raw` with the teacher's calibrated age and gender mixed in by `blend`'s weights"
@@ -179,6 +180,7 @@ def fit_teacher_blend(loss_func, # The run's `MaskLoss` (age_head 'years'); its 
     b, a = np.polyfit(teacher.age.to_numpy(), ages, 1)
     lr = LogisticRegression().fit(_logit(teacher.female)[:, None], decode(labels)[1])
     base = dict(age_line=[float(a), float(b)], gender_line=[float(lr.intercept_[0]), float(lr.coef_[0, 0])])
+    @functools.cache   # the second pass meets the first's points again
     def score(wa, wg):
         blend = {**base, 'w_age': float(wa), 'w_gender': float(wg)}
         out, old = blend_raw(raw, teacher, blend), loss_func.age_cuts
@@ -191,13 +193,19 @@ def fit_teacher_blend(loss_func, # The run's `MaskLoss` (age_head 'years'); its 
     return max((score(w_a, w) for w_a in sorted({0., wa}) for w in grid), key=lambda r: r[0])[1]
 
 # %% ../nbs/02b_teacher.ipynb #70aca364
+def run_and_teacher(learn, df, # A loaded run (`load_run`) and its photos (cut as it was trained)
+                    bs:int=64) -> tuple:
+    "The run's raw outputs and the teacher's outputs for the photos in `df`"
+    c = learn.card
+    raw = photo_probs(learn, df, False, c['size'], c['method'], c.get('cache', True), bs, raw=True)
+    return raw, teacher_outputs(list(df.path), list(df['crop']) if 'crop' in df.columns else None, bs)
+
 def teacher_probs(learn, df, # A loaded run (`load_run`) and its photos (cut as it was trained)
                   blend:dict, tta:bool=False, bs:int=64) -> torch.Tensor:
     "18-class probabilities of the photos in `df` from a loaded run with the teacher mixed in as `blend` says"
     if tta: raise ValueError("the teacher's mix was fitted on outputs without test-time augmentation: predict without --tta, or move the run's teacher.json away")
-    c, loss = learn.card, learn.loss_func
-    raw = photo_probs(learn, df, False, c['size'], c['method'], c.get('cache', True), bs, raw=True)
-    teacher = teacher_outputs(list(df.path), list(df['crop']) if 'crop' in df.columns else None, bs)
+    raw, teacher = run_and_teacher(learn, df, bs)
+    loss = learn.loss_func
     loss.age_cuts = tuple(blend['cuts'])
     return loss.activation(blend_raw(raw, teacher, blend))
 
@@ -210,9 +218,7 @@ def fit_run_teacher(run, bs:int=64) -> dict:
     oof = run.read_probs('oof')
     ages = read_train(run.dataset(), fixes=run.config().get('fixes', True), check='none').drop_duplicates('id').set_index('id').age.reindex(oof.id.astype(str))
     if ages.isna().any(): raise ValueError(f"{run.file('oof')}: people missing from {run.dataset()}'s train.csv: {', '.join(ages.index[ages.isna()][:3])}")
-    photos = run_photos(c, oof[['path', 'id']])
-    raw = photo_probs(learn, photos, False, c['size'], c['method'], c.get('cache', True), bs, raw=True)
-    teacher = teacher_outputs(list(photos.path), list(photos['crop']) if 'crop' in photos.columns else None, bs)
+    raw, teacher = run_and_teacher(learn, run_photos(c, oof[['path', 'id']]), bs)
     labels, people = oof.label.to_numpy(), oof.id.to_numpy()
     blend = fit_teacher_blend(learn.loss_func, raw, teacher, labels, ages.to_numpy())
     learn.loss_func.age_cuts = tuple(blend['cuts'])
