@@ -163,6 +163,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'mask_fastai.inference.read_oofs': ('inference.html#read_oofs', 'mask_fastai/inference.py'),
                                        'mask_fastai.inference.read_plan': ('inference.html#read_plan', 'mask_fastai/inference.py'),
                                        'mask_fastai.inference.run_groups': ('inference.html#run_groups', 'mask_fastai/inference.py'),
+                                       'mask_fastai.inference.run_oof': ('inference.html#run_oof', 'mask_fastai/inference.py'),
                                        'mask_fastai.inference.run_photos': ('inference.html#run_photos', 'mask_fastai/inference.py'),
                                        'mask_fastai.inference.run_probs': ('inference.html#run_probs', 'mask_fastai/inference.py'),
                                        'mask_fastai.inference.score_submission': ( 'inference.html#score_submission',

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['load_run', 'run_photos', 'run_groups', 'model_runs', 'run_probs', 'soft_vote', 'hard_vote', 'list_photos',
-           'predict_photos', 'predict_images', 'score_submission', 'read_oofs', 'apply_plan', 'fit_plan', 'cv_gain',
-           'read_plan', 'write_plan', 'check_ensemble', 'ensemble_labels', 'fit_runs_plan', 'oof_vote_scores',
-           'predict']
+           'predict_photos', 'predict_images', 'score_submission', 'run_oof', 'read_oofs', 'apply_plan', 'fit_plan',
+           'cv_gain', 'read_plan', 'write_plan', 'check_ensemble', 'ensemble_labels', 'fit_runs_plan',
+           'oof_vote_scores', 'predict']
 
 # %% ../nbs/06_inference.ipynb #94c7a764
 import json
@@ -131,9 +131,17 @@ def score_submission(submission, answers) -> dict:
     return mask_scores(onehot, eval_labels(sub, ans), groups=answer_people(sub.ImageID, ans))
 
 # %% ../nbs/06_inference.ipynb #3cbd083b
+def run_oof(run) -> pd.DataFrame:
+    "Run folder `run`'s out-of-fold table as its predictions are made: with the face-age teacher's mix where a run has one, a `--folds all` run's over its folds"
+    run = Run(run)
+    if (folds := run.fold_runs()) and any(f.has('teacher') for f in folds): return pd.concat(map(run_oof, folds), ignore_index=True)
+    if not run.has('teacher'): return run.read_probs('oof')
+    if not run.has('teacher_oof'): raise DataError(f"{run.file('teacher_oof')}: missing beside {run.file('teacher')}; python -m mask_fastai.teacher {run.path} writes both again")
+    return run.read_probs('teacher_oof')
+
 def read_oofs(runs):
-    "The runs' out-of-fold probabilities on the photos they share: (list of `(n,18)` tensors, labels, person ids, paths); runs of disjoint folds give one merged tensor"
-    frames = [Run(r).read_probs('oof').set_index('path') for r in runs]
+    "The runs' out-of-fold probabilities (`run_oof`) on the photos they share: (list of `(n,18)` tensors, labels, person ids, paths); runs of disjoint folds give one merged tensor"
+    frames = [run_oof(r).set_index('path') for r in runs]
     if len(frames) > 1 and (merged := pd.concat(frames)).index.is_unique: frames = [merged]   # each photo held out by one run
     common = frames[0].index
     for f in frames[1:]: common = common.intersection(f.index)

@@ -39,6 +39,7 @@ RUN_FILES = dict(
     checkpoints='models',          # fastai's model_dir: the last and the best epoch, removed once the run has finished
     interpret='interpret',         # what `python -m mask_fastai.interpret` writes
     teacher='teacher.json',        # the face-age teacher's mix, fitted on the validation photos (python -m mask_fastai.teacher)
+    teacher_oof='teacher_oof.csv', # the validation probabilities with that mix, which prediction scores as the run's out-of-fold
 )
 
 # %% ../nbs/04_runs.ipynb #3887a850
@@ -176,7 +177,7 @@ def prob_matrix(df) -> torch.Tensor:
 
 @patch
 def read_probs(self:Run, key:str='oof') -> pd.DataFrame:
-    "The probabilities table `key` ('oof' or 'eval_probs')"
+    "The probabilities table `key` ('oof', 'teacher_oof' or 'eval_probs')"
     f = self.need(key)
     df = pd.read_csv(f, dtype={'id': str, 'ImageID': str})
     if missing := [f'p{k}' for k in range(N_CLASSES) if f'p{k}' not in df.columns]: raise DataError(f"{f}: missing column(s) {', '.join(missing[:3])}...")

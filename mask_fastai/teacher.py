@@ -210,7 +210,7 @@ def teacher_probs(learn, df, # A loaded run (`load_run`) and its photos (cut as 
     return loss.activation(blend_raw(raw, teacher, blend))
 
 def fit_run_teacher(run, bs:int=64) -> dict:
-    "Fit the teacher's mix on run folder `run`'s validation photos, write it to its teacher.json and return it with the validation scores"
+    "Fit the teacher's mix on run folder `run`'s validation photos, write it (teacher.json) and those photos' mixed probabilities (teacher_oof.csv), and return it with the validation scores"
     run = Run(run)
     learn = load_run(run, bs)
     c = learn.card
@@ -224,6 +224,7 @@ def fit_run_teacher(run, bs:int=64) -> dict:
     learn.loss_func.age_cuts = tuple(blend['cuts'])
     mixed = learn.loss_func.activation(blend_raw(raw, teacher, blend))
     blend.update(valid_before=mask_scores(prob_matrix(oof), labels, groups=people), valid=mask_scores(mixed, labels, groups=people))
+    run.write_probs('teacher_oof', mixed, **{k: oof[k].values for k in ('path', 'id', 'fold', 'label')})   # before the mix that marks it
     run.write_json('teacher', blend)
     return blend
 

@@ -23,6 +23,9 @@ def test_cli_fits_the_mix_on_validation(years_run, tmp_path):
     assert 0 <= blend['w_age'] <= 1 and 0 <= blend['w_gender'] <= 1 and blend['cuts'][0] < blend['cuts'][1]
     assert out['valid_before'] == pytest.approx(run.read_json('summary')['valid']['macro_f1'], abs=1e-6)   # the run's own validation score
     assert out['valid'] >= out['valid_before'] - 1e-9   # weights 0 are on the grid, so the fit never scores below the run
+    assert run.read_probs('teacher_oof').path.tolist() == run.read_probs('oof').path.tolist()   # the validation photos, mixed
+    res = json.loads(module('predict', years_run, '--out', tmp_path/'sub.csv', cwd=tmp_path).stdout)
+    assert res['oof']['macro_f1'] == pytest.approx(out['valid'], abs=1e-6)   # the out-of-fold score is the mix's, as the eval photos get it
 
 
 def test_predict_mixes_in_the_teachers_gender(years_run, sample, tmp_path):
