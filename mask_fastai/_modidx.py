@@ -408,6 +408,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train.device_capability': ('train.html#device_capability', 'mask_fastai/train.py'),
                                    'mask_fastai.train.faces_report': ('train.html#faces_report', 'mask_fastai/train.py'),
                                    'mask_fastai.train.fit_recipe': ('train.html#fit_recipe', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.fold_settings': ('train.html#fold_settings', 'mask_fastai/train.py'),
                                    'mask_fastai.train.keep_freed_memory': ('train.html#keep_freed_memory', 'mask_fastai/train.py'),
                                    'mask_fastai.train.load_checkpoint': ('train.html#load_checkpoint', 'mask_fastai/train.py'),
                                    'mask_fastai.train.main': ('train.html#main', 'mask_fastai/train.py'),

@@ -190,7 +190,7 @@ def train_settings(
     age_cuts:age_cut_pair=[30, 60], # Age band cuts
     fixes:flag=True, # Apply the known label fixes (only to the competition's dataset)
     on_error:choice('raise', 'skip')='raise', # Training photos that fail the data checks: raise lists them all, skip leaves them out, counted
-    budget:maybe(number(float, 0.1, 10_000))=None, # Minutes for the whole run, preparation and scoring included: a throughput probe sets --epochs to fit, the schedule ending annealed
+    budget:maybe(number(float, 0.1, 10_000))=None, # Minutes for the whole run, preparation and scoring included: a throughput probe sets --epochs to fit, the schedule ending annealed (--folds all: the first fold plans for its share, the others train its epochs)
     early_stop:number(int, 0)=0, # Stop after this many epochs without a better macro F1, 0 for never
     lr_find:flag=False, # Run lr_find, save its plot, train at its suggestion
     tta:flag=False, # TTA for the submission
@@ -262,7 +262,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['epochs'] + cfg['freeze_epochs'] < 1: raise SettingError('--epochs and --freeze-epochs are both 0: nothing would be trained')
     if cfg['age_head'] in ('years', 'dist') and not cfg['multitask']: raise SettingError(f"--age-head {cfg['age_head']} needs the multi-task head: add --multitask true")
     if cfg['age_head'] == 'auto': cfg['age_head'] = 'years' if cfg['multitask'] else 'band'   # a run records the head it trained
-    if cfg['budget'] and cfg['folds'] == 'all': raise SettingError('--budget plans one run: with --folds all, set the epochs of each fold (a --budget run of one fold shows how many fit)')
+    if cfg['budget'] and cfg['folds'] == 'all' and cfg['budget']/cfg['n_folds'] < 0.1: raise SettingError(f"--budget {cfg['budget']:g} leaves each of the {cfg['n_folds']} folds of --folds all under 0.1 minutes; give at least {0.1*cfg['n_folds']:g}")
     if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')
     if cfg['crop'] == 'none' and cfg['crop_margin'] != TRAIN_DEFAULTS['crop_margin']: raise SettingError('--crop-margin sizes face crops: add --crop face, or drop it')
     if cfg['grow_epochs'] >= cfg['epochs'] > 0: raise SettingError(f"--grow-epochs {cfg['grow_epochs']} leaves none of the {cfg['epochs']} --epochs at --size; give fewer")

@@ -116,7 +116,7 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--on-error', 'ignore'], 'expected one of raise, skip'),
     (['--precision', 'fp16'], 'needs a CUDA GPU'),
     (['--multitask', 'false', '--age-head', 'years'], '--age-head years needs the multi-task head'),
-    (['--folds', 'all', '--budget', '5'], '--budget plans one run'),
+    (['--folds', 'all', '--budget', '0.2'], 'each of the 3 folds of --folds all under 0.1 minutes'),
     (['--budget', '0'], 'must be >= 0.1'),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
@@ -206,13 +206,18 @@ def test_age_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path, head):
 
 
 def test_budget_plans_the_epochs_it_trains(sample, tmp_path):
-    "--budget: a throughput probe sets the epochs; the config, the log and the summary agree on the plan"
-    module('train', *TINY_FLAGS, '--budget', 0.2, '--out', tmp_path/'runs', cwd=tmp_path)
+    "--folds all --budget: fold 0's probe plans the epochs for its share; the other fold trains them; configs, logs and summaries agree"
+    module('train', *TINY_FLAGS, '--n-folds', 2, '--folds', 'all', '--budget', 0.4, '--out', tmp_path/'runs', cwd=tmp_path)
     run = Run(only_run(tmp_path/'runs'))
-    plan, cfg = run.read_json('summary')['budget'], run.config()
+    first, second = run.fold_runs()
+    plan, cfg = first.read_json('summary')['budget'], first.config()
     assert plan['budget'] == 0.2 and plan['planned_epochs'] == cfg['epochs'] + cfg['freeze_epochs'] > 1
     assert plan['probe_train_img_s'] > 0 and plan['spent_minutes'] > 0
-    assert len(pd.read_csv(run.metrics_file('unfrozen'))) == cfg['epochs']
+    assert second.config()['budget'] is None and 'budget' not in second.read_json('summary')   # no probe of its own
+    for fold in (first, second): assert len(pd.read_csv(fold.metrics_file('unfrozen'))) == cfg['epochs'] == fold.config()['epochs']
+    summary = run.read_json('summary')
+    assert summary['budget']['budget'] == 0.4 and summary['budget']['planned_epochs'] == plan['planned_epochs']
+    assert summary['budget']['spent_minutes'] == summary['minutes'] > plan['spent_minutes']
 
 
 def test_progressive_resizing_changes_the_size_between_steps(sample, tmp_path):
