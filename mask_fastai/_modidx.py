@@ -278,6 +278,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mask_fastai.runs.md_table': ('runs.html#md_table', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.merge_folds': ('runs.html#merge_folds', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.new_run': ('runs.html#new_run', 'mask_fastai/runs.py'),
+                                  'mask_fastai.runs.photo_cols': ('runs.html#photo_cols', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.prob_frame': ('runs.html#prob_frame', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.prob_matrix': ('runs.html#prob_matrix', 'mask_fastai/runs.py'),
                                   'mask_fastai.runs.score_eval': ('runs.html#score_eval', 'mask_fastai/runs.py')},

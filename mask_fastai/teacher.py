@@ -22,7 +22,7 @@ from .data import DataError, cache_key, read_train
 from .metrics import fit_age_cuts, mask_scores, _macro_f1
 from .losses import TASK_SPLITS, AGE_UNIT
 from .models import photo_probs
-from .runs import Run, prob_matrix
+from .runs import Run, prob_matrix, photo_cols
 from .inference import load_run, run_photos, model_runs
 
 # %% ../nbs/02b_teacher.ipynb #f7ceb008
@@ -224,7 +224,7 @@ def fit_run_teacher(run, bs:int=64) -> dict:
     learn.loss_func.age_cuts = tuple(blend['cuts'])
     mixed = learn.loss_func.activation(blend_raw(raw, teacher, blend))
     blend.update(valid_before=mask_scores(prob_matrix(oof), labels, groups=people), valid=mask_scores(mixed, labels, groups=people))
-    run.write_probs('teacher_oof', mixed, **{k: oof[k].values for k in ('path', 'id', 'fold', 'label')})   # before the mix that marks it
+    run.write_probs('teacher_oof', mixed, **photo_cols(oof))   # before the mix that marks it
     run.write_json('teacher', blend)
     return blend
 

@@ -1,9 +1,10 @@
 "The face-age teacher on a run folder: `python -m mask_fastai.teacher` fits its mix, and prediction applies it."
 import json, shutil
 from pathlib import Path
-import numpy as np, pytest
+import numpy as np, pytest, torch
 from conftest import module
-from mask_fastai.runs import Run
+from mask_fastai.runs import Run, prob_matrix, photo_cols
+from mask_fastai.metrics import mask_scores
 from mask_fastai.data import read_eval
 from mask_fastai.losses import marginals
 from mask_fastai.inference import run_probs
@@ -23,9 +24,14 @@ def test_cli_fits_the_mix_on_validation(years_run, tmp_path):
     assert 0 <= blend['w_age'] <= 1 and 0 <= blend['w_gender'] <= 1 and blend['cuts'][0] < blend['cuts'][1]
     assert out['valid_before'] == pytest.approx(run.read_json('summary')['valid']['macro_f1'], abs=1e-6)   # the run's own validation score
     assert out['valid'] >= out['valid_before'] - 1e-9   # weights 0 are on the grid, so the fit never scores below the run
-    assert run.read_probs('teacher_oof').path.tolist() == run.read_probs('oof').path.tolist()   # the validation photos, mixed
+    mixed = run.read_probs('teacher_oof')
+    labels, people = mixed.label.to_numpy(), mixed.id.to_numpy()
+    assert mixed.path.tolist() == run.read_probs('oof').path.tolist()   # the validation photos,
+    assert mask_scores(prob_matrix(mixed), labels, groups=people)['macro_f1'] == pytest.approx(out['valid'], abs=1e-6)   # mixed as the fit scored them
+    assert out['valid'] < 1
+    run.write_probs('teacher_oof', torch.eye(18)[labels], **photo_cols(mixed))   # a mix that knew every answer
     res = json.loads(module('predict', years_run, '--out', tmp_path/'sub.csv', cwd=tmp_path).stdout)
-    assert res['oof']['macro_f1'] == pytest.approx(out['valid'], abs=1e-6)   # the out-of-fold score is the mix's, as the eval photos get it
+    assert res['oof']['macro_f1'] == pytest.approx(1)   # predict's out-of-fold score is the table in the folder, as the eval photos get the mix
 
 
 def test_predict_mixes_in_the_teachers_gender(years_run, sample, tmp_path):
