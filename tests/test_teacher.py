@@ -29,7 +29,7 @@ def test_cli_fits_the_mix_on_validation(years_run, tmp_path):
     assert mixed.path.tolist() == run.read_probs('oof').path.tolist()   # the validation photos,
     assert mask_scores(prob_matrix(mixed), labels, groups=people)['macro_f1'] == pytest.approx(out['valid'], abs=1e-6)   # mixed as the fit scored them
     assert out['valid'] < 1
-    run.write_probs('teacher_oof', torch.eye(18)[labels], **photo_cols(mixed))   # a mix that knew every answer
+    run.write_probs('teacher_oof', torch.eye(18)[labels.tolist()], **photo_cols(mixed))   # a mix that knew every answer
     res = json.loads(module('predict', years_run, '--out', tmp_path/'sub.csv', cwd=tmp_path).stdout)
     assert res['oof']['macro_f1'] == pytest.approx(1)   # predict's out-of-fold score is the table in the folder, as the eval photos get the mix
 
