@@ -1,4 +1,5 @@
-import os, runpy, shutil, subprocess, sys, tempfile
+import io, os, runpy, shutil, subprocess, sys, tempfile, traceback, warnings
+from contextlib import redirect_stdout, redirect_stderr
 from pathlib import Path
 import pytest
 
@@ -14,20 +15,32 @@ TINY = dict(arch='test_efficientnet', pretrained=False, size=48, bs=16, sample_p
 TINY_FLAGS = [a for k, v in TINY.items() for a in (f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v))]
 
 
-def module(name, *args, cwd, check=True, **kw):
-    "Run `python -m mask_fastai.<name> args` in `cwd`"
-    r = subprocess.run([sys.executable, '-m', f'mask_fastai.{name}', *map(str, args)], cwd=cwd, capture_output=True, text=True, **kw)
+def module(name, *args, cwd, check=True, env=None):
+    "Run `python -m mask_fastai.<name> args` in `cwd`: in this process, or in a new interpreter where `env` sets its environment"
+    args = list(map(str, args))
+    if env is None: r = in_process(name, *args, cwd=cwd)
+    else: r = subprocess.run([sys.executable, '-m', f'mask_fastai.{name}', *args], cwd=cwd, env=env, capture_output=True, text=True)
     if check and r.returncode: raise AssertionError(f'{name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
     return r
 
 
-def in_process(name, *args, capsys, monkeypatch):
-    "Run `python -m mask_fastai.<name> args` through the module's own entry in this process, without a new interpreter"
-    monkeypatch.setattr(sys, 'argv', [f'mask_fastai.{name}', *map(str, args)])
-    try: runpy.run_module(f'mask_fastai.{name}', run_name='__main__'); code = 0
-    except SystemExit as e: code = e.code or 0
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(sys.argv, code, out.out, out.err)
+def in_process(name, *args, cwd='.'):
+    "What `python -m mask_fastai.<name> args` in `cwd` prints and returns, run through the module's own entry without a new interpreter (whose imports cost seconds)"
+    out, err, argv, here = io.StringIO(), io.StringIO(), sys.argv, os.getcwd()
+    cmd = sys.argv = [f'mask_fastai.{name}', *map(str, args)]
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter('default')   # as a fresh interpreter shows them: on stderr, once each
+            warnings.filterwarnings('ignore', '.*found in sys.modules', RuntimeWarning)   # the module is imported already, as intended
+            warnings.showwarning = lambda msg, cat, file, line, f=None, text=None: err.write(warnings.formatwarning(msg, cat, file, line, text))
+            try: runpy.run_module(f'mask_fastai.{name}', run_name='__main__'); code = 0
+            except SystemExit as e:
+                if isinstance(e.code, str): print(e.code, file=err)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception: traceback.print_exc(file=err); code = 1   # what the interpreter does with an error nothing caught
+    finally: sys.argv = argv; os.chdir(here)
+    return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
 
 
 def only_run(out):

@@ -32,11 +32,11 @@ def test_crop_is_recorded_counted_and_repeated_in_prediction(crop_run, scenes, t
     np.testing.assert_allclose(probs, table.loc[0, [f'p{k}' for k in range(18)]].to_numpy(float), atol=.02)
 
 
-def test_crop_without_the_detector_says_how_to_install_it(sample, tmp_path, monkeypatch, capsys):
+def test_crop_without_the_detector_says_how_to_install_it(sample, tmp_path, monkeypatch):
     from mask_fastai.faces import face_detector
     face_detector.cache_clear()
     monkeypatch.setitem(sys.modules, 'facenet_pytorch', None)   # as if it were not installed
-    r = in_process('train', *TINY_FLAGS, '--out', tmp_path, '--crop', 'face', capsys=capsys, monkeypatch=monkeypatch)
+    r = in_process('train', *TINY_FLAGS, '--out', tmp_path, '--crop', 'face')
     face_detector.cache_clear()
     assert r.returncode == 2 and 'pip install --no-deps facenet-pytorch' in r.stderr, r.stderr
     assert not list(tmp_path.iterdir()), 'no run folder for a run that cannot start'

@@ -9,7 +9,7 @@ from mask_fastai.settings import resolve_config
 from mask_fastai.runs import Run
 from mask_fastai.train import train
 from mask_fastai.interpret import interpret_run
-from conftest import TINY, module, only_run, in_process
+from conftest import TINY, module, only_run
 
 
 def printed_json(r): return json.loads(r.stdout[r.stdout.index('{'):])
@@ -36,9 +36,7 @@ def test_predict_one_run_tta_and_no_overwrite_without_force(tiny_runs, sample, t
     check_submission(pd.read_csv(sub), info)
 
 
-def test_predict_ensembles_three_runs_soft_hard_and_fitted(tiny_runs, sample, tmp_path, capsys, monkeypatch):
-    "Through predict's own entry, in this process: each case would otherwise pay a fresh interpreter"
-    module = lambda name, *args, cwd, check=True: in_process(name, *args, capsys=capsys, monkeypatch=monkeypatch)
+def test_predict_ensembles_three_runs_soft_hard_and_fitted(tiny_runs, sample, tmp_path):
     info = pd.read_csv(sample/'eval'/'info.csv')
     for extra in ([], ['--vote', 'hard'], ['--weights', '1,2,1'], ['--fit', 'true']):
         sub = tmp_path/f"sub{'_'.join(extra)}.csv"

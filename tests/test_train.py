@@ -10,7 +10,7 @@ from mask_fastai.settings import resolve_config
 from mask_fastai.runs import Run, new_run, config_frame
 from mask_fastai.train import config_dls, config_learner, choose_precision, device_capability
 from mask_fastai.inference import score_submission
-from conftest import TINY, TINY_FLAGS, module, only_run, in_process
+from conftest import TINY, TINY_FLAGS, module, only_run
 
 
 def cli(*args, cwd, check=True, **kw): return module('train', *args, cwd=cwd, check=check, **kw)
@@ -119,8 +119,8 @@ def test_unavailable_pretrained_weights_say_how_to_get_them(sample, tmp_path):
     (['--folds', 'all', '--budget', '0.2'], 'each of the 3 folds of --folds all under 0.1 minutes'),
     (['--budget', '0'], 'must be >= 0.1'),
 ])
-def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    r = in_process('train', '--n-folds', '3', *args, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
+    r = cli('--n-folds', '3', *args, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
     assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'runs').exists()
 
@@ -132,9 +132,9 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, monkeypatch,
     ('c.json', '{"epochs": 2,,}', 'c.json:1: JSON syntax error'),
     ('c.json', '[1, 2]', 'a config file holds a mapping'),
 ])
-def test_bad_config_files_name_the_file_and_line(tmp_path, capsys, monkeypatch, name, text, message):
+def test_bad_config_files_name_the_file_and_line(tmp_path, name, text, message):
     (tmp_path/name).write_text(text)
-    r = in_process('train', '--config', tmp_path/name, '--out', tmp_path/'runs', capsys=capsys, monkeypatch=monkeypatch)
+    r = cli('--config', tmp_path/name, '--out', tmp_path/'runs', cwd=tmp_path, check=False)
     assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path/'runs').exists()
 
