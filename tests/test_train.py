@@ -220,6 +220,17 @@ def test_budget_plans_the_epochs_it_trains(sample, tmp_path):
     assert summary['budget']['spent_minutes'] == summary['minutes'] > plan['spent_minutes']
 
 
+def test_a_fold_budget_without_room_names_the_whole_command(sample, tmp_path, monkeypatch):
+    "--folds all --budget: when fold 0's share holds no epoch, the error names the command's budget and the share that failed"
+    import mask_fastai.train as T
+    from mask_fastai.settings import SettingError
+    monkeypatch.setattr(T, 'probe_rates', lambda learn: (1., 1.))   # a photo a second: one epoch of a fold takes minutes
+    with pytest.raises(SettingError, match=r'^--folds all --budget 1: fold 0 plans for its share, --budget 0.5: one epoch takes about'):
+        T.train(resolve_config(out=str(tmp_path/'runs'), folds='all', budget=1, **{**TINY, 'n_folds': 2}))
+    run = Run(only_run(tmp_path/'runs'))
+    assert run.status == 'failed' and 'fold 0 plans for its share' in run.failure()   # the folder says why
+
+
 def test_progressive_resizing_changes_the_size_between_steps(sample, tmp_path):
     "--grow-from 32,32 --grow-epochs 1: the first epoch trains on 32x32 batches, the second on 48x48, logged as one schedule"
     from fastai.callback.core import Callback
