@@ -53,7 +53,7 @@ class MaskMetric(Metric):
     def name(self): return self.score
 
 class AgeMAE(Metric):
-    "Mean absolute error, in years, of the ages a model with an age output (`age_head` 'years' or 'dist') predicts over the whole validation set"
+    "Mean absolute error, in years, of the ages a model with an age output (`age_head` 'years', 'dist' or 'ordinal') predicts over the whole validation set"
     def reset(self): self.errors = []
     def accumulate(self, learn):
         if len(learn.yb) < 2: return   # batches without the age (`without_age`, as interpretation reads them) have no error
@@ -63,12 +63,12 @@ class AgeMAE(Metric):
     @property
     def name(self): return 'age_mae'
 
-def mask_metrics(years:bool=False): # The model predicts the age (`age_head` 'years' or 'dist'): add its error in years
+def mask_metrics(years:bool=False): # The model predicts the age (`age_head` 'years', 'dist' or 'ordinal'): add its error in years
     "The metrics every run reports: macro_f1 first (the competition's score), accuracy, then per-task F1"
     return [MaskMetric(s) for s in ('macro_f1', 'accuracy', 'f1_mask', 'f1_gender', 'f1_age')] + ([AgeMAE()] if years else [])
 
 # %% ../nbs/03a_metrics.ipynb #7caa6e23
-def fit_age_cuts(loss_func, # A `MaskLoss` with an age output (`age_head` 'years' or 'dist')
+def fit_age_cuts(loss_func, # A `MaskLoss` with an age output (`age_head` 'years', 'dist' or 'ordinal')
                  pred, # Raw model outputs of held-out photos
                  targ, # Their 18-class labels
                  lows=range(20, 41), highs=range(45, 76)): # Whole-year cuts to try

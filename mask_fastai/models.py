@@ -70,10 +70,13 @@ def pretrained_weights(arch:str, # timm architecture name
 # %% ../nbs/02_models.ipynb #e25da91f
 class MultiTaskHead(nn.Module):
     "Mask (3), gender (2) and age-band (3) heads, and an age head of `age_outputs` (none when 0), over one body's `nf` features; outputs concatenated"
-    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True, age_outputs:int=0):
+    def __init__(self, nf:int, lin_ftrs=None, ps:float=0.5, pool:bool=True, age_outputs:int=0,
+                 ordinal:bool=False): # The age head is one score plus an offset per threshold (`OrdinalThresholds`)
         super().__init__()
-        sizes = [*TASK_SIZES.values(), *([age_outputs] if age_outputs else [])]
-        self.heads = nn.ModuleList(create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in sizes)
+        heads = [create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in TASK_SIZES.values()]
+        if age_outputs: heads.append(nn.Sequential(create_head(nf, 1, lin_ftrs=lin_ftrs, ps=ps, pool=pool), OrdinalThresholds(age_outputs)) if ordinal
+                                     else create_head(nf, age_outputs, lin_ftrs=lin_ftrs, ps=ps, pool=pool))
+        self.heads = nn.ModuleList(heads)
     def forward(self, x): return torch.cat([h(x) for h in self.heads], dim=1)
 
 # %% ../nbs/02_models.ipynb #ce781e8f
@@ -101,7 +104,7 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                  weights=None, # A local weights file for `arch`
                  hub:bool=False, # Let timm try its hub download
                  multitask:bool=False, # Three task heads instead of one 18-way head
-                 age_head:str='band', # 'years' or 'dist': the multi-task head also predicts the age (see `MaskLoss`), which gives the band
+                 age_head:str='band', # 'years', 'dist' or 'ordinal': the multi-task head also predicts the age (see `MaskLoss`), which gives the band
                  xavier:bool=False, # Xavier-uniform instead of Kaiming initialisation of the head
                  loss_func=None, # Default `MaskLoss(multitask=multitask)`
                  metrics=None, # Default `mask_metrics()`
@@ -117,7 +120,7 @@ def mask_learner(dls, arch:str='tf_efficientnet_lite0', # timm architecture name
                            init=init, lin_ftrs=lin_ftrs, ps=ps, normalize=False, **kwargs)
     if multitask:
         body = learn.model[0]
-        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool, age_outputs=AGE_OUTPUTS[age_head])
+        learn.model[1] = MultiTaskHead(body.model.num_features, lin_ftrs, ps, pool=body.needs_pool, age_outputs=AGE_OUTPUTS[age_head], ordinal=age_head == 'ordinal')
         apply_init(learn.model[1], init)
         learn.opt = None
         if pretrained: learn.freeze()

@@ -147,7 +147,7 @@ def train_settings(
     weights:maybe(text)=None, # Local pretrained weights file (a timm state dict)
     hub:flag=False, # Let timm try its hub download
     multitask:flag=True, # Mask, gender and age heads instead of one 18-way head
-    age_head:choice('auto', 'band', 'years', 'dist')='auto', # years: the multi-task head also regresses the age, and the band is read from it with cuts fitted on the validation people; dist: it predicts a distribution over the age in whole years instead, the band its mass between those cuts (both need --multitask true); auto: years with --multitask true, band without
+    age_head:choice('auto', 'band', 'years', 'dist', 'ordinal')='auto', # years: the multi-task head also regresses the age, and the band is read from it with cuts fitted on the validation people; dist: it predicts a distribution over the age in whole years instead, the band its mass between those cuts; ordinal: P(age >= k) for every whole year k, the band read at those cuts (each needs --multitask true); auto: years with --multitask true, band without
     task_weights:numbers(float, 3, lo=0)=[1., 1., 1.], # Loss weights of the mask, gender and age heads
     lin_ftrs:maybe(numbers(int, lo=1))=None, # Hidden layer sizes of the head, such as 512
     ps:number(float, 0, 1, hi_open=True)=0.5, # Head dropout
@@ -260,7 +260,7 @@ def resolve_config(config=None, # A YAML or JSON settings file
     if cfg['folds'] == 'all' and cfg['fold'] != 0: raise SettingError('--fold and --folds all exclude each other: --folds all trains every fold')
     if cfg['fold'] >= cfg['n_folds']: raise SettingError(f"--fold {cfg['fold']} is not a fold of --n-folds {cfg['n_folds']} (0..{cfg['n_folds']-1})")
     if cfg['epochs'] + cfg['freeze_epochs'] < 1: raise SettingError('--epochs and --freeze-epochs are both 0: nothing would be trained')
-    if cfg['age_head'] in ('years', 'dist') and not cfg['multitask']: raise SettingError(f"--age-head {cfg['age_head']} needs the multi-task head: add --multitask true")
+    if cfg['age_head'] not in ('auto', 'band') and not cfg['multitask']: raise SettingError(f"--age-head {cfg['age_head']} needs the multi-task head: add --multitask true")
     if cfg['age_head'] == 'auto': cfg['age_head'] = 'years' if cfg['multitask'] else 'band'   # a run records the head it trained
     if cfg['budget'] and cfg['folds'] == 'all' and cfg['budget']/cfg['n_folds'] < 0.1: raise SettingError(f"--budget {cfg['budget']:g} leaves each of the {cfg['n_folds']} folds of --folds all under 0.1 minutes; give at least {0.1*cfg['n_folds']:g}")
     if bool(cfg['grow_from']) != bool(cfg['grow_epochs']): raise SettingError('--grow-from SIZE and --grow-epochs N go together: give both, or neither')

@@ -58,7 +58,7 @@ class HalfMix(Callback):
 
 # %% ../nbs/05_train.ipynb #a55156fb
 class MaskMixUp(MixUp):
-    "fastai's `MixUp` for batches whose targets are the class and, with an age output (`age_head` 'years' or 'dist'), the age: the class sizes the batch"
+    "fastai's `MixUp` for batches whose targets are the class and, with an age output (`age_head` 'years', 'dist' or 'ordinal'), the age: the class sizes the batch"
     @property
     def y(self): return self.yb[0]
 

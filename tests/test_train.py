@@ -183,9 +183,9 @@ def test_an_empty_eval_set_is_refused_before_training(sample_copy, tmp_path):
     assert not (tmp_path/'runs').exists()
 
 
-@pytest.mark.parametrize('head', ['years', 'dist'])
+@pytest.mark.parametrize('head', ['years', 'dist', 'ordinal'])
 def test_age_head_fits_its_cuts_and_predict_reads_them(sample, tmp_path, head):
-    "--age-head years or dist: the run reports its age error, fits the band cuts on its validation people, and predict uses the card's cuts"
+    "--age-head years, dist or ordinal: the run reports its age error, fits the band cuts on its validation people, and predict uses the card's cuts"
     from mask_fastai.inference import run_probs
     from mask_fastai.metrics import mask_scores
     r = module('train', *TINY_FLAGS, '--epochs', 1, '--multitask', 'true', '--age-head', head, '--out', tmp_path/'runs', cwd=tmp_path)
