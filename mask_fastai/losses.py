@@ -111,7 +111,7 @@ def ordinal_band_probs(logits, cuts=AGE_CUTS):
     "Age-band probabilities `(n,3)` of threshold `logits`: P(age < low cut), between the cuts, P(age >= high cut)"
     at_least = torch.sigmoid(logits.float())
     lo, hi = at_least[:, int(cuts[0]) - 1], at_least[:, int(cuts[1]) - 1]
-    hi = torch.minimum(hi, lo)   # independently trained thresholds could disagree; the shared score keeps them ordered
+    hi = torch.minimum(hi, lo)   # the learned offsets could cross; no band's probability may go below 0
     return torch.stack([1 - lo, lo - hi, hi], -1)
 
 
