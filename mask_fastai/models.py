@@ -74,8 +74,9 @@ class MultiTaskHead(nn.Module):
                  ordinal:bool=False): # The age head is one score plus an offset per threshold (`OrdinalThresholds`)
         super().__init__()
         heads = [create_head(nf, n, lin_ftrs=lin_ftrs, ps=ps, pool=pool) for n in TASK_SIZES.values()]
-        if age_outputs: heads.append(nn.Sequential(create_head(nf, 1, lin_ftrs=lin_ftrs, ps=ps, pool=pool), OrdinalThresholds(age_outputs)) if ordinal
-                                     else create_head(nf, age_outputs, lin_ftrs=lin_ftrs, ps=ps, pool=pool))
+        if age_outputs:
+            age = create_head(nf, 1 if ordinal else age_outputs, lin_ftrs=lin_ftrs, ps=ps, pool=pool)
+            heads.append(nn.Sequential(age, OrdinalThresholds(age_outputs)) if ordinal else age)
         self.heads = nn.ModuleList(heads)
     def forward(self, x): return torch.cat([h(x) for h in self.heads], dim=1)
 
