@@ -6,7 +6,8 @@
 __all__ = ['LABEL_FIXES', 'TRAIN_COLS', 'DataError', 'Problems', 'open_image', 'MaskTensorImage', 'MaskImage', 'PhotoOf',
            'check_image', 'apply_fixes', 'add_labels', 'read_csv_checked', 'read_train', 'read_eval', 'read_answers',
            'eval_labels', 'check_submission', 'write_submission', 'profile_folds', 'cache_key', 'ImageCache',
-           'with_images', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls', 'without_age']
+           'with_images', 'crop_mat', 'RandomAreaCrop', 'mask_tfms', 'mask_block', 'sample_weights', 'mask_dls',
+           'without_age']
 
 # %% ../nbs/01_data.ipynb #59916865
 import os, hashlib, unicodedata, warnings, tempfile
@@ -348,13 +349,32 @@ def with_images(df, # A frame with a `path` column of photos (files, or PIL imag
                      image_crop=pd.Series([None if f else c for c, f in zip(crops, is_file)], index=df.index, dtype=object))
 
 # %% ../nbs/01_data.ipynb #c85683f4
+def crop_mat(x, min_scale:float=0.08, # Smallest crop, as a fraction of the photo's area
+             ratio=(3/4, 4/3)): # Range of the crop's aspect (width over height), narrowed where a crop of that area would not fit
+    "Affine matrices that stretch a random part of each photo of batch `x` over all of it: an area drawn from `min_scale` to 1, an aspect from `ratio`, a place inside the photo"
+    h, w = x.shape[-2:]
+    area = x.new_empty(x.size(0)).uniform_(min_scale, 1)
+    aspect = x.new_empty(x.size(0)).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
+    aspect = torch.minimum(torch.maximum(aspect, area*w/h), w/(h*area))   # so the crop's width and height fit in the photo
+    fw, fh = (area*aspect*h/w).sqrt(), (area/aspect*w/h).sqrt()   # the crop's width and height as fractions of the photo's
+    z = torch.zeros_like(fw)
+    return affine_mat(fw, z, (1-fw)*(2*torch.rand_like(fw)-1), z, fh, (1-fh)*(2*torch.rand_like(fh)-1))
+
+class RandomAreaCrop(AffineCoordTfm):
+    "A random part of each training photo stretched over it (timm's and torchvision's `RandomResizedCrop`, drawn per photo on the batch)"
+    def __init__(self, min_scale:float=0.08, ratio=(3/4, 4/3), **kwargs):
+        store_attr('min_scale,ratio')
+        super().__init__(partial(crop_mat, min_scale=min_scale, ratio=ratio), **{'pad_mode': PadMode.Reflection, 'align_corners': True, **kwargs})
+
 @delegates(aug_transforms)
 def mask_tfms(stats=None, # Normalisation statistics, or None to leave normalising to `mask_learner` (the backbone's)
               max_rotate:float=TRAIN_DEFAULTS['max_rotate'], max_zoom:float=TRAIN_DEFAULTS['max_zoom'], max_lighting:float=TRAIN_DEFAULTS['max_lighting'],
               max_warp:float=0.1,
               erase:float=TRAIN_DEFAULTS['erase'], # Chance per photo of a `RandomErasing` rectangle of noise, 0 for none
+              min_scale:float=TRAIN_DEFAULTS['min_scale'], # Smallest random crop of a training photo, as a fraction of its area (`RandomAreaCrop`); 1 for none
               **kwargs):
-    "Batch transforms: flips, rotations, zoom, perspective warp, lighting and maybe random erasing, then `Normalize`"
+    "Batch transforms: maybe a random crop, flips, rotations, zoom, perspective warp, lighting and maybe random erasing, then `Normalize`"
+    if min_scale < 1: kwargs['xtra_tfms'] = [RandomAreaCrop(min_scale), *L(kwargs.get('xtra_tfms'))]   # aug_transforms merges it into one resampling with the other affine steps
     tfms = aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting, **kwargs)
     return tfms + ([RandomErasing(p=erase)] if erase else []) + ([Normalize.from_stats(*stats)] if stats else [])
 

@@ -46,8 +46,8 @@ def test_drop_path_skips_residual_blocks_in_training_only(frame):
 
 
 def test_augmentation_options_reach_the_training_batches(frame):
-    "--max-rotate, --max-zoom and --max-lighting set fastai's augmentations; --erase adds noise rectangles after normalising, to training batches only"
-    learn = build(frame, max_rotate=25., max_zoom=1.5, max_lighting=0.4, erase=1.)[1]
+    "--max-rotate, --max-zoom and --max-lighting set fastai's augmentations; --erase adds noise rectangles after normalising and --min-scale random crops of each photo, to training batches only"
+    learn = build(frame, max_rotate=25., max_zoom=1.5, max_lighting=0.4, erase=1., min_scale=0.5)[1]
     fs = learn.dls.train.after_batch.fs
     affine = {f.func.__name__: f.keywords for t in fs for f in getattr(t, 'aff_fs', [])}
     assert (affine['rotate_mat']['max_deg'], affine['zoom_mat']['max_zoom']) == (25., 1.5)
@@ -56,7 +56,10 @@ def test_augmentation_options_reach_the_training_batches(frame):
     assert names.index('Normalize') < names.index('RandomErasing')
     erase, blank = fs[names.index('RandomErasing')], lambda: TensorImage(torch.zeros(4, 3, 32, 24))   # it erases in place
     assert (erase(blank(), split_idx=0) != 0).any(dim=(1, 2, 3)).all() and (erase(blank(), split_idx=1) == 0).all()
-    assert 'RandomErasing' not in [type(t).__name__ for t in build(frame)[1].dls.train.after_batch.fs]
+    assert affine['crop_mat']['min_scale'] == 0.5   # resampled once with the flips, rotations and zooms
+    assert learn.dls.one_batch()[0].shape == learn.dls.valid.one_batch()[0].shape   # cropped photos stretched back to the run's size
+    plain = build(frame)[1].dls.train.after_batch.fs
+    assert 'RandomErasing' not in [type(t).__name__ for t in plain] and 'crop_mat' not in [f.func.__name__ for t in plain for f in getattr(t, 'aff_fs', [])]
 
 
 def test_smoothing_and_loss_kind_change_the_loss_value(frame):
