@@ -355,16 +355,16 @@ def crop_mat(x, min_scale:float=0.08, # Smallest crop, as a fraction of the phot
     h, w = x.shape[-2:]
     area = x.new_empty(x.size(0)).uniform_(min_scale, 1)
     aspect = x.new_empty(x.size(0)).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
-    aspect = torch.minimum(torch.maximum(aspect, area*w/h), w/(h*area))   # so the crop's width and height fit in the photo
+    aspect = aspect.clamp(area*w/h, w/(h*area))   # so the crop's width and height fit in the photo
     fw, fh = (area*aspect*h/w).sqrt(), (area/aspect*w/h).sqrt()   # the crop's width and height as fractions of the photo's
     z = torch.zeros_like(fw)
     return affine_mat(fw, z, (1-fw)*(2*torch.rand_like(fw)-1), z, fh, (1-fh)*(2*torch.rand_like(fh)-1))
 
 class RandomAreaCrop(AffineCoordTfm):
     "A random part of each training photo stretched over it (timm's and torchvision's `RandomResizedCrop`, drawn per photo on the batch)"
-    def __init__(self, min_scale:float=0.08, ratio=(3/4, 4/3), **kwargs):
+    def __init__(self, min_scale:float=0.08, ratio=(3/4, 4/3), pad_mode=PadMode.Reflection, align_corners=True, **kwargs):
         store_attr('min_scale,ratio')
-        super().__init__(partial(crop_mat, min_scale=min_scale, ratio=ratio), **{'pad_mode': PadMode.Reflection, 'align_corners': True, **kwargs})
+        super().__init__(partial(crop_mat, min_scale=min_scale, ratio=ratio), pad_mode=pad_mode, align_corners=align_corners, **kwargs)
 
 @delegates(aug_transforms)
 def mask_tfms(stats=None, # Normalisation statistics, or None to leave normalising to `mask_learner` (the backbone's)
