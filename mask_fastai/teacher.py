@@ -109,7 +109,7 @@ def load_teacher(fn=None) -> AgeGenderWRN:
         stored = set()
         g.visititems(lambda n, o: stored.add(n.split('/', 1)[1].removesuffix(':0')) if isinstance(o, h5py.Dataset) else None)
         if unused := stored - used: raise ValueError(f'{fn or teacher_weights()}: tensors the network does not use: {sorted(unused)[:5]}')
-    return model.eval().to(memory_format=torch.channels_last)   # its convolutions ran 1.24 times as fast so on two CPU cores (BENCHMARKS.md)
+    return model.eval().to(memory_format=torch.channels_last)   # channels-last convolutions ran it 1.24 times as fast on two CPU cores (BENCHMARKS.md)
 
 # %% ../nbs/02b_teacher.ipynb #9cd7515e
 def teacher_batch(images) -> torch.Tensor:
