@@ -370,11 +370,13 @@ class RandomAreaCrop(AffineCoordTfm):
 def mask_tfms(stats=None, # Normalisation statistics, or None to leave normalising to `mask_learner` (the backbone's)
               max_rotate:float=TRAIN_DEFAULTS['max_rotate'], max_zoom:float=TRAIN_DEFAULTS['max_zoom'], max_lighting:float=TRAIN_DEFAULTS['max_lighting'],
               max_warp:float=0.1,
+              saturation:float=TRAIN_DEFAULTS['saturation'], # Largest change of colour saturation (fastai's `Saturation`), 0 for none
               erase:float=TRAIN_DEFAULTS['erase'], # Chance per photo of a `RandomErasing` rectangle of noise, 0 for none
               min_scale:float=TRAIN_DEFAULTS['min_scale'], # Smallest random crop of a training photo, as a fraction of its area (`RandomAreaCrop`); 1 for none
               **kwargs):
-    "Batch transforms: maybe a random crop, flips, rotations, zoom, perspective warp, lighting and maybe random erasing, then `Normalize`"
+    "Batch transforms: maybe a random crop, flips, rotations, zoom, perspective warp, lighting, maybe saturation and random erasing, then `Normalize`"
     if min_scale < 1: kwargs['xtra_tfms'] = [RandomAreaCrop(min_scale), *L(kwargs.get('xtra_tfms'))]   # aug_transforms merges it into one resampling with the other affine steps
+    if saturation: kwargs['xtra_tfms'] = [*L(kwargs.get('xtra_tfms')), Saturation(saturation)]   # aug_transforms merges it into one lighting pass with brightness and contrast
     tfms = aug_transforms(max_rotate=max_rotate, max_zoom=max_zoom, max_warp=max_warp, max_lighting=max_lighting, **kwargs)
     return tfms + ([RandomErasing(p=erase)] if erase else []) + ([Normalize.from_stats(*stats)] if stats else [])
 

@@ -163,6 +163,7 @@ def train_settings(
     max_rotate:number(float, 0, 180)=10., # Training augmentation: the largest rotation, in degrees
     max_zoom:number(float, 1, 4)=1.1, # Training augmentation: the largest zoom into a photo (1 for none)
     max_lighting:number(float, 0, 1, hi_open=True)=0.2, # Training augmentation: the largest change of brightness and contrast
+    saturation:number(float, 0, 1, hi_open=True)=0., # Training augmentation: the largest change of colour saturation (fastai's Saturation: a factor from 1-s to 1/(1-s)); with --max-lighting 0.4 near timm's colour jitter 0.4; 0 for off
     erase:number(float, 0, 1)=0., # Training augmentation: the chance that a photo gets a rectangle of noise (fastai's RandomErasing); 0 for off
     min_scale:number(float, 0.01, 1)=1., # Training augmentation: the smallest random crop of a photo, as a fraction of its area, stretched back to --size, drawn per photo (timm's random resized crop, aspect 3/4 to 4/3); 1 for none
     bs:number(int, 1)=32, # Batch size

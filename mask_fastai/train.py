@@ -166,7 +166,7 @@ def config_dls(cfg, df, fold:int):
     workers = cfg['num_workers'] if cfg['num_workers'] is not None else defaults.cpus if torch.cuda.is_available() else 0
     crop = FaceCrop.from_record(crop_record(df.attrs['faces']), cfg['size']) if 'faces' in df.attrs else None
     augment = mask_tfms(max_rotate=cfg['max_rotate'], max_zoom=cfg['max_zoom'], max_lighting=cfg['max_lighting'], erase=cfg['erase'],
-                       min_scale=cfg['min_scale'])
+                       saturation=cfg['saturation'], min_scale=cfg['min_scale'])
     return mask_dls(df, fold=fold, size=cfg['size'], method=cfg['method'], bs=cfg['bs'], cache=cfg['cache'], batch_tfms=augment,
                     oversample=cfg['oversample'], num_workers=workers, age_target=cfg['age_head'] != 'band', crop=crop)
 

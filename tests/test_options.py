@@ -1,6 +1,6 @@
 "Each training option has its effect on what is built or computed: checked on the learner and loaders, training only where the option acts in training."
 import pytest, torch
-from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize, TensorImage
+from fastai.vision.all import GradientAccumulation, ChannelsLast, Resize, TensorImage, LightingTfm
 from timm.layers import DropPath
 from mask_fastai.settings import resolve_config, SettingError
 from mask_fastai.runs import Run, config_frame
@@ -46,12 +46,14 @@ def test_drop_path_skips_residual_blocks_in_training_only(frame):
 
 
 def test_augmentation_options_reach_the_training_batches(frame):
-    "--max-rotate, --max-zoom and --max-lighting set fastai's augmentations; --erase adds noise rectangles after normalising and --min-scale random crops of each photo, to training batches only"
-    learn = build(frame, max_rotate=25., max_zoom=1.5, max_lighting=0.4, erase=1., min_scale=0.5)[1]
+    "--max-rotate, --max-zoom, --max-lighting and --saturation set fastai's augmentations; --erase adds noise rectangles after normalising and --min-scale random crops of each photo, to training batches only"
+    learn = build(frame, max_rotate=25., max_zoom=1.5, max_lighting=0.4, saturation=0.3, erase=1., min_scale=0.5)[1]
     fs = learn.dls.train.after_batch.fs
     affine = {f.func.__name__: f.keywords for t in fs for f in getattr(t, 'aff_fs', [])}
     assert (affine['rotate_mat']['max_deg'], affine['zoom_mat']['max_zoom']) == (25., 1.5)
     assert [t.max_lighting for t in fs if hasattr(t, 'max_lighting')] == [0.4]
+    lighting = {type(f).__name__: f.max_lighting for t in fs if isinstance(t, LightingTfm) for f in t.fs}
+    assert lighting == {'_BrightnessLogit': 0.4, '_ContrastLogit': 0.4, '_SaturationLogit': 0.3}
     names = [type(t).__name__ for t in fs]
     assert names.index('Normalize') < names.index('RandomErasing')
     erase, blank = fs[names.index('RandomErasing')], lambda: TensorImage(torch.zeros(4, 3, 32, 24))   # it erases in place
@@ -59,6 +61,7 @@ def test_augmentation_options_reach_the_training_batches(frame):
     assert affine['crop_mat']['min_scale'] == 0.5   # resampled once with the flips, rotations and zooms
     assert learn.dls.one_batch()[0].shape == learn.dls.valid.one_batch()[0].shape   # cropped photos stretched back to the run's size
     plain = build(frame)[1].dls.train.after_batch.fs
+    assert '_SaturationLogit' not in [type(f).__name__ for t in plain if isinstance(t, LightingTfm) for f in t.fs]
     assert 'RandomErasing' not in [type(t).__name__ for t in plain] and 'crop_mat' not in [f.func.__name__ for t in plain for f in getattr(t, 'aff_fs', [])]
 
 
