@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'CARD_KEYS', 'environment', 'dataset_root', 'config_frame', 'Run', 'prob_frame', 'prob_matrix',
-           'photo_cols', 'new_run', 'answer_people', 'score_eval', 'eval_set', 'merge_folds', 'compare_runs',
-           'md_table', 'main']
+           'photo_cols', 'new_run', 'answer_people', 'score_eval', 'eval_set', 'merge_folds', 'paired_scores',
+           'compare_runs', 'md_table', 'main']
 
 # %% ../nbs/04_runs.ipynb #6a5d39e8
 import json, os, platform, shutil, sys, tempfile, time
@@ -18,7 +18,7 @@ from .core import *
 from .settings import *
 from .sample import sample_data
 from .data import DataError, read_train, read_eval, read_answers, eval_labels, write_submission, profile_folds
-from .metrics import mask_scores
+from .metrics import mask_scores, f1_difference
 from .faces import face_crops
 
 # %% ../nbs/04_runs.ipynb #7678ab50
@@ -259,8 +259,26 @@ def merge_folds(run:Run, eval_df=None, answers=None) -> dict:
 # %% ../nbs/04_runs.ipynb #a04dbdea
 def _flat(v): return ','.join(map(str, v)) if isinstance(v, (list, tuple)) else v
 
-def _row(run:Run) -> dict:
-    "One row of `compare_runs`"
+def _diff(split:str, a, b, targ, groups) -> dict:
+    "`f1_difference` of the probabilities tables `a` and `b` (rows of the same photos), its keys prefixed with `split`"
+    return {f'{split}_{k}': v for k, v in f1_difference(targ, prob_matrix(a).argmax(1).numpy(), prob_matrix(b).argmax(1).numpy(), groups).items()}
+
+def paired_scores(run:Run, base:Run) -> dict:
+    "`run`'s macro F1 less `base`'s, with 95% intervals over people, on the validation (out-of-fold) photos and the eval photos both scored"
+    res = {}
+    if run.has('oof') and base.has('oof'):
+        a, b = (r.read_probs('oof').set_index('path') for r in (run, base))
+        if len(common := a.index.intersection(b.index)):
+            res.update(_diff('valid', a.loc[common], b.loc[common], a.label[common].to_numpy(), a.id[common].to_numpy()))
+    answers = read_answers(dataset_root(run.config())) if run.has('eval_probs') and base.has('eval_probs') else None
+    if answers is not None and 'id' in answers:
+        a, b = (r.read_probs('eval_probs').set_index('ImageID') for r in (run, base))
+        if len(common := a.index.intersection(b.index)):
+            res.update(_diff('eval', a.loc[common], b.loc[common], eval_labels(pd.DataFrame(dict(ImageID=common)), answers), answer_people(common, answers)))
+    return res
+
+def _row(run:Run, base:Run=None) -> dict:
+    "One row of `compare_runs`, with `paired_scores` against `base` when given"
     row = dict(run=run.name, status=run.status)
     if row['status'] == 'not a run': return row
     try: cfg = run.config()
@@ -271,17 +289,21 @@ def _row(run:Run) -> dict:
         valid = s.get('valid', s.get('oof', {}))   # a --folds all run is scored on its merged out-of-fold predictions
         row.update(valid_macro_f1=valid.get('macro_f1'), valid_macro_f1_lo=valid.get('macro_f1_lo'), valid_macro_f1_hi=valid.get('macro_f1_hi'),
                    valid_age_mae=valid.get('age_mae'), **{f'eval_{k}': v for k, v in s.get('eval', {}).items()}, minutes=s.get('minutes'))
+        if base is not None: row.update(paired_scores(run, base))
     elif row['status'] == 'failed': row['error'] = run.failure()
     return {**row, 'mb': round(run.size_mb(), 1)}
 
 def compare_runs(runs, # Run folders, or one folder holding them (such as `runs`)
-                 changed:bool=True): # Keep only the settings that differ between the runs
+                 changed:bool=True, # Keep only the settings that differ between the runs
+                 against=None): # A finished run folder: add each run's macro F1 less its own, with 95% intervals (`paired_scores`)
     "One row per run folder: status, settings, validation and dev-eval scores, minutes; best validation macro F1 first"
     runs = [Run(r) for r in L(runs)]
     if len(runs) == 1 and runs[0].path.is_dir() and runs[0].status == 'not a run':
         runs = [Run(p) for p in sorted(runs[0].path.iterdir()) if p.is_dir()]
     if not runs: raise FileNotFoundError('no run folders to compare')
-    df = pd.DataFrame([_row(r) for r in runs]).set_index('run')
+    base = Run(against) if against is not None else None
+    if base is not None and base.status != 'finished': raise FileNotFoundError(f'{base.path}: not a finished run to compare against ({base.status}); give a run folder with summary.json')
+    df = pd.DataFrame([_row(r, base) for r in runs]).set_index('run')
     if 'valid_macro_f1' not in df: df['valid_macro_f1'] = np.nan
     if changed: df = df.drop(columns=[k for k in df.columns if k in TRAIN_DEFAULTS and df[k].astype(str).nunique() < 2])
     return df.sort_values('valid_macro_f1', ascending=False, na_position='last')
@@ -298,10 +320,11 @@ def main(*runs:str, # Run folders, or one folder holding them (default: runs)
          changed:flag=True, # Show only the settings that differ between the runs
          csv:str=None, # Also write the table to this CSV file
          md:str=None, # Also write the table to this markdown file
+         against:str=None, # Also each run's macro F1 less this run's, with 95% intervals over the people both scored (validation and eval photos)
          debug:flag=False): # Show the full traceback of an error
     "Compare run folders: status, differing settings, validation and dev-eval scores, minutes and size"
     with cli_errors(debug, 'runs'):
-        table = compare_runs(list(runs) or ['runs'], changed)
+        table = compare_runs(list(runs) or ['runs'], changed, against)
         if csv: table.to_csv(csv)
         if md: Path(md).write_text(md_table(table.reset_index()) + '\n')
         with pd.option_context('display.width', 200, 'display.max_columns', 30): print(table.to_string(float_format=lambda v: f'{v:.4f}'))

@@ -30,6 +30,22 @@ def test_compare_lists_every_folder_with_its_status(runs_dir, tmp_path):
     assert len(pd.read_csv(tmp_path/'t.csv')) == 5 and (tmp_path/'t.md').read_text().startswith('| run | status |')
 
 
+def test_compare_against_a_run_gives_the_difference_over_the_people_both_scored(tiny_runs, tmp_path):
+    "--against adds each run's macro F1 less the base run's on the validation and eval photos, with the difference's 95% interval over people"
+    t = compare_runs(tiny_runs, against=tiny_runs[0])
+    base, cols = Run(tiny_runs[0]).name, [f'{s}_macro_f1_diff{e}' for s in ('valid', 'eval') for e in ('', '_lo', '_hi')]
+    assert (t.loc[base, cols] == 0).all()
+    for r in tiny_runs[1:]:
+        row = t.loc[Run(r).name]
+        for s in ('valid', 'eval'):   # the same photos and labels as the runs' own scores, so the difference is theirs
+            assert row[f'{s}_macro_f1_diff'] == pytest.approx(row[f'{s}_macro_f1'] - t.loc[base, f'{s}_macro_f1'], abs=1e-9)
+            assert row[f'{s}_macro_f1_diff_lo'] <= row[f'{s}_macro_f1_diff'] <= row[f'{s}_macro_f1_diff_hi']
+    r = module('runs', *tiny_runs[1:], '--against', tiny_runs[0], '--csv', tmp_path/'t.csv', cwd=tmp_path)
+    assert set(cols) <= set(pd.read_csv(tmp_path/'t.csv').columns)
+    r = module('runs', *tiny_runs, '--against', tmp_path, cwd=tmp_path, check=False)
+    assert r.returncode == 2 and 'not a finished run to compare against (not a run)' in r.stderr
+
+
 def test_missing_files_are_named_with_what_the_state_means(runs_dir, sample):
     ev = read_eval(sample)
     with pytest.raises(FileNotFoundError, match='the run failed: DataError: a bad photo'): run_probs(runs_dir/'failed', ev)
