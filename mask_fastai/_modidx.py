@@ -432,6 +432,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'mask_fastai.train.phase_fit_args': ('train.html#phase_fit_args', 'mask_fastai/train.py'),
                                    'mask_fastai.train.photo_and_class': ('train.html#photo_and_class', 'mask_fastai/train.py'),
                                    'mask_fastai.train.plan_epochs': ('train.html#plan_epochs', 'mask_fastai/train.py'),
+                                   'mask_fastai.train.planned_settings': ('train.html#planned_settings', 'mask_fastai/train.py'),
                                    'mask_fastai.train.probe_rates': ('train.html#probe_rates', 'mask_fastai/train.py'),
                                    'mask_fastai.train.same_class_perm': ('train.html#same_class_perm', 'mask_fastai/train.py'),
                                    'mask_fastai.train.save_atomic': ('train.html#save_atomic', 'mask_fastai/train.py'),
