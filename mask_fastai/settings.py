@@ -180,7 +180,7 @@ def train_settings(
     class_weighted:flag=False, # Inverse-frequency class weights in the loss
     mixup:number(float, 0)=0., # MixUp alpha, 0 for off
     cutmix:number(float, 0)=0., # CutMix alpha, 0 for off
-    halfmix:number(float, 0, 1)=0., # Probability per batch of same-class half mixing
+    halfmix:number(float, 0, 1)=0.5, # Probability per batch of same-class half mixing: the right half of each training photo from another photo of its class; 0 for off
     ema:number(float, 0, 1, hi_open=True)=0.999, # Decay per step of a moving average of the weights that is validated and becomes the model; 0 for off
     oversample:maybe(choice('class', 'age'))='age', # Oversample the training photos by class or by age band (none: as they come)
     accum:number(int, 1)=1, # Gradient accumulation steps

@@ -96,7 +96,8 @@ def test_mixing_and_accumulation_callbacks(frame):
     cbs = {type(c): c for c in train_cbs(resolve_config(**TINY, mixup=0.4, cutmix=1.0, halfmix=0.5, accum=2))}
     assert cbs[MaskMixUp].distrib.concentration1.item() == pytest.approx(0.4) and cbs[MaskCutMix].distrib.concentration1.item() == 1.
     assert cbs[HalfMix].p == 0.5 and cbs[GradientAccumulation].n_acc == 32
-    assert train_cbs(resolve_config(**TINY)) == []
+    assert [(type(c), c.p) for c in train_cbs(resolve_config(**TINY))] == [(HalfMix, 0.5)]   # the default mixes halves in half the batches
+    assert train_cbs(resolve_config(**TINY, halfmix=0)) == []
 
 
 def test_ema_makes_the_average_the_runs_model(frame, tmp_path):
